@@ -1,0 +1,130 @@
+"""One small error hierarchy shared by the API and the workers.
+
+Every error carries a stable machine-readable ``code`` (clients branch on it, so
+never rename one) and a human message. The API maps them to HTTP in exactly one
+place (``recognition_api.errors``); the worker stores ``code`` and ``message`` on
+the failed job.
+"""
+
+from __future__ import annotations
+
+
+class RecognitionError(Exception):
+    code = "error"
+    http_status = 500
+    default_message = "Unexpected error."
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        self.message = message or self.default_message
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+
+# --- input problems (4xx) -------------------------------------------------------------
+
+
+class InvalidInput(RecognitionError):
+    code = "invalid_input"
+    http_status = 400
+
+
+class ImageMissing(InvalidInput):
+    code = "image_missing"
+    default_message = "Send the photo as the multipart form field 'image'."
+
+
+class ImageEmpty(InvalidInput):
+    code = "image_empty"
+    default_message = "The uploaded image is empty (0 bytes)."
+
+
+class ImageTooLarge(InvalidInput):
+    code = "image_too_large"
+    http_status = 413
+
+
+class ImageNotAnImage(InvalidInput):
+    code = "image_not_an_image"
+    http_status = 415
+
+
+class ImageUnsupportedFormat(InvalidInput):
+    code = "image_unsupported_format"
+    http_status = 415
+
+
+class ImageCorrupt(InvalidInput):
+    code = "image_corrupt"
+    http_status = 422
+
+
+class ImageTooManyPixels(InvalidInput):
+    code = "image_too_many_pixels"
+    http_status = 422
+
+
+class ImageTooSmall(InvalidInput):
+    code = "image_too_small"
+    http_status = 422
+
+
+class InvalidParameter(InvalidInput):
+    code = "invalid_parameter"
+
+
+class JobNotFound(RecognitionError):
+    code = "job_not_found"
+    http_status = 404
+    default_message = "No recognition job with this id (it may have expired)."
+
+
+# --- capacity and availability (429/503, always with Retry-After) ---------------------
+
+
+class QueueFull(RecognitionError):
+    code = "queue_full"
+    http_status = 429
+    default_message = "Too many photos are waiting to be recognized; retry shortly."
+
+
+class ServiceUnavailable(RecognitionError):
+    code = "service_unavailable"
+    http_status = 503
+    default_message = "The recognition service is temporarily unavailable; retry shortly."
+
+
+class NoActiveModel(ServiceUnavailable):
+    code = "no_active_model"
+    default_message = "No model version is active; an operator must promote one."
+
+
+# --- failures recorded on jobs by the worker ------------------------------------------
+
+
+class JobFailure(RecognitionError):
+    """A job ended ``failed``; stored on the job, never raised to an HTTP client."""
+
+    code = "job_failed"
+
+
+class ImageUnavailable(JobFailure):
+    code = "image_unavailable"
+    default_message = "The stored image could not be read (it may have expired)."
+
+
+class ImageDecodeFailed(JobFailure):
+    code = "image_decode_failed"
+    default_message = "The image could not be decoded."
+
+
+class InferenceFailed(JobFailure):
+    code = "inference_failed"
+    default_message = "The model failed on this image."
+
+
+class DeliveryLimitExceeded(JobFailure):
+    code = "delivery_limit_exceeded"
+    default_message = (
+        "The job was delivered too many times without finishing (each attempt "
+        "ended with a lost worker); it was stopped to protect the workers."
+    )

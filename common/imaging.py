@@ -1,0 +1,181 @@
+"""Image checks (API) and decoding (worker), on Pillow.
+
+The API calls :func:`inspect_image` to reject bad uploads with a precise error
+before anything is queued; it decodes JPEGs in draft mode (DCT scaling), which
+still reads every scan, so truncation is caught at a fraction of a full decode.
+The worker calls :func:`decode_rgb` to get an upright 8-bit RGB array no larger
+than it needs.
+
+Animated images (GIF is not accepted; animated WebP/PNG, HEIF sequences) are
+accepted and their FIRST frame is used.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from common.errors import (
+    ImageCorrupt,
+    ImageDecodeFailed,
+    ImageEmpty,
+    ImageNotAnImage,
+    ImageTooLarge,
+    ImageTooManyPixels,
+    ImageTooSmall,
+    ImageUnsupportedFormat,
+)
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        _heif_registered = True
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Pillow format name -> (public name, content type). MPO is how Pillow names JPEGs
+# from cameras that embed a second picture; it is a JPEG.
+ALLOWED_FORMATS = {
+    "JPEG": ("jpeg", "image/jpeg"),
+    "MPO": ("jpeg", "image/jpeg"),
+    "PNG": ("png", "image/png"),
+    "WEBP": ("webp", "image/webp"),
+    "HEIF": ("heif", "image/heif"),
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    content_type: str
+    width: int  # as displayed, after EXIF orientation
+    height: int
+    mode: str
+    frames: int
+
+
+def inspect_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1
+) -> ImageInfo:
+    if not data:
+        raise ImageEmpty()
+    if len(data) > max_bytes:
+        raise ImageTooLarge(
+            f"The image is {len(data):,} bytes; the limit is {max_bytes:,} bytes."
+        )
+    _register_heif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        if isinstance(exc, UnidentifiedImageError):
+            raise ImageNotAnImage(
+                "The upload is not an image in a format we can read "
+                "(send JPEG, PNG, WebP or HEIC)."
+            ) from exc
+        raise _too_many_pixels(max_pixels) from exc
+    except Exception as exc:  # a damaged header can raise anything from a plugin
+        raise ImageCorrupt("The image header is damaged.") from exc
+    with image:
+        fmt = image.format or ""
+        if fmt not in ALLOWED_FORMATS:
+            raise ImageUnsupportedFormat(
+                f"{fmt or 'This'} images are not accepted; send JPEG, PNG, WebP or HEIC."
+            )
+        width, height = image.size
+        if width * height > max_pixels:
+            raise _too_many_pixels(max_pixels, width, height)
+        if min(width, height) < min_side:
+            raise ImageTooSmall(
+                f"The image is {width}x{height}; each side must be at least {min_side} pixels."
+            )
+        frames = int(getattr(image, "n_frames", 1) or 1)
+        mode = image.mode
+        orientation = image.getexif().get(0x0112, 1)
+        try:
+            if fmt in ("JPEG", "MPO"):
+                image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            image.load()
+        except Image.DecompressionBombError as exc:
+            raise _too_many_pixels(max_pixels) from exc
+        except Exception as exc:
+            raise ImageCorrupt(
+                "The image is truncated or corrupt and cannot be decoded."
+            ) from exc
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    public, content_type = ALLOWED_FORMATS[fmt]
+    return ImageInfo(public, content_type, width, height, mode, frames)
+
+
+def _too_many_pixels(max_pixels: int, width: int = 0, height: int = 0) -> ImageTooManyPixels:
+    size = f"{width}x{height} = {width * height:,} pixels; " if width else ""
+    return ImageTooManyPixels(
+        f"The image is too large to decode ({size}the limit is {max_pixels:,} pixels)."
+    )
+
+
+def decode_rgb(data: bytes, *, max_side: int, max_pixels: int = 200_000_000) -> np.ndarray:
+    """Decode to an upright uint8 RGB array whose long side is at most ``max_side``.
+
+    JPEGs are decoded at a reduced size when the photo is much larger than needed
+    (a 12-megapixel photo decodes ~6x faster at 1/4 scale).
+    """
+    _register_heif()
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > max_pixels:
+            raise ImageDecodeFailed("The image has too many pixels.")
+        image.seek(0)
+        if image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (max_side, max_side))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
+        if max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return np.asarray(image)
+    except ImageDecodeFailed:
+        raise
+    except Exception as exc:
+        raise ImageDecodeFailed(f"The image could not be decoded: {exc}") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: transparency onto white, 16-bit scaled (not clipped)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image).astype(np.uint32)
+        if mode == "I" and array.max(initial=0) <= 255:
+            scaled = array
+        else:
+            scaled = array >> 8
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        array = np.clip(np.asarray(image), 0, 1) * 255
+        return Image.fromarray(array.astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode == "RGB":
+            return image
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV

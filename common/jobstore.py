@@ -1,0 +1,251 @@
+"""Job records in Redis: the contract between the API and the workers.
+
+A job is one Redis hash, ``<prefix>job:<id>``, that expires after a TTL. The API
+creates it and routes it to a model version in one atomic script (so a promote
+never sees a half-routed job); a worker claims it, then writes the result or the
+failure back exactly once. Writes are idempotent: the first terminal write wins,
+so a job redelivered after a crash can never overwrite a finished result or
+resurrect an expired record. Finishing publishes on ``<prefix>done:<id>`` so
+waiting clients learn of it without polling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TERMINAL = frozenset({SUCCEEDED, FAILED})
+
+# Creates the job and picks its model version from the rollout state in one round trip.
+# The queue key is derived inside the script (single-node Redis; not for Redis Cluster).
+_CREATE = """
+local active = redis.call('HGET', KEYS[1], 'active')
+if not active or active == '' then active = ARGV[1] end
+if active == '' then return {'no_model'} end
+local version = active
+local canary = redis.call('HGET', KEYS[1], 'canary')
+if canary and canary ~= '' then
+  local weight = tonumber(redis.call('HGET', KEYS[1], 'canary_weight') or '0') or 0
+  if tonumber(ARGV[2]) < weight then version = canary end
+end
+local queue = ARGV[5] .. version
+local depth = redis.call('LLEN', queue)
+local limit = tonumber(ARGV[3])
+if limit > 0 and depth >= limit then return {'full', version, tostring(depth)} end
+redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {'ok', version, queue}
+"""
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'succeeded' or status == 'failed' then return {'done'} end
+local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+if n > tonumber(ARGV[3]) then return {'exhausted', tostring(n)} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2])
+return {'claimed', redis.call('HGETALL', KEYS[1])}
+"""
+
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if status == 'succeeded' or status == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Routed:
+    outcome: str  # "ok", "full" or "no_model"
+    version: str = ""
+    queue: str = ""
+    depth: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str  # "claimed", "done", "missing" or "exhausted"
+    record: dict[str, str] = field(default_factory=dict)
+    deliveries: int = 0
+
+
+@dataclass
+class JobStore:
+    client: redis.Redis
+    prefix: str = "recog:"
+    ttl_seconds: int = 86400
+
+    def __post_init__(self) -> None:
+        self._create = self.client.register_script(_CREATE)
+        self._claim = self.client.register_script(_CLAIM)
+        self._finish = self.client.register_script(_FINISH)
+
+    # --- keys -------------------------------------------------------------------------
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def done_channel(self, job_id: str) -> str:
+        return f"{self.prefix}done:{job_id}"
+
+    @property
+    def rollout_key(self) -> str:
+        return f"{self.prefix}rollout"
+
+    @property
+    def queue_prefix(self) -> str:
+        return "recognize."
+
+    # --- API side ---------------------------------------------------------------------
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def create(
+        self,
+        *,
+        job_id: str,
+        fields: dict[str, Any],
+        default_version: str,
+        max_queue_depth: int,
+        canary_draw: float,
+    ) -> Routed:
+        now = time.time()
+        record = {"id": job_id, "status": QUEUED, "created_at": repr(now), "deliveries": "0"}
+        record.update({k: _to_str(v) for k, v in fields.items()})
+        flat: list[str] = []
+        for key, value in record.items():
+            flat += [key, value]
+        reply = self._create(
+            keys=[self.rollout_key, self.job_key(job_id)],
+            args=[
+                default_version,
+                repr(canary_draw),
+                str(max_queue_depth),
+                str(self.ttl_seconds),
+                self.queue_prefix,
+                *flat,
+            ],
+        )
+        outcome = _s(reply[0])
+        if outcome == "ok":
+            return Routed("ok", _s(reply[1]), _s(reply[2]))
+        if outcome == "full":
+            return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
+        return Routed("no_model")
+
+    def delete(self, job_id: str) -> None:
+        self.client.delete(self.job_key(job_id))
+
+    def get(self, job_id: str) -> dict[str, str] | None:
+        raw = self.client.hgetall(self.job_key(job_id))
+        if not raw:
+            return None
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    def wait(self, job_id: str, timeout: float) -> dict[str, str] | None:
+        """Return the record once it is terminal, or as it is when ``timeout`` runs out.
+
+        Subscribes before reading, so a finish that lands between the read and the
+        wait is still seen. Blocks on the socket: no polling.
+        """
+        deadline = time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.done_channel(job_id))
+            record = self.get(job_id)
+            while record is not None and record.get("status") not in TERMINAL:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                pubsub.get_message(timeout=remaining)
+                record = self.get(job_id)
+            return record
+        finally:
+            pubsub.close()
+
+    # --- worker side ------------------------------------------------------------------
+
+    def claim(self, job_id: str, *, worker: str, max_deliveries: int) -> Claim:
+        reply = self._claim(
+            keys=[self.job_key(job_id)], args=[repr(time.time()), worker, str(max_deliveries)]
+        )
+        outcome = _s(reply[0])
+        if outcome == "claimed":
+            flat = [_s(x) for x in reply[1]]
+            record = dict(zip(flat[::2], flat[1::2], strict=True))
+            return Claim("claimed", record, int(record.get("deliveries", "1")))
+        if outcome == "exhausted":
+            return Claim("exhausted", deliveries=int(_s(reply[1])))
+        return Claim(outcome)
+
+    def finish_many(self, finishes: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+        """Write terminal states for many jobs in one round trip; first write wins."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, fields in finishes:
+            status = fields["status"]
+            flat: list[str] = []
+            for key, value in fields.items():
+                flat += [key, _to_str(value)]
+            self._finish(
+                keys=[self.job_key(job_id)],
+                args=[str(self.ttl_seconds), self.done_channel(job_id), status, *flat],
+                client=pipe,
+            )
+        return [bool(x) for x in pipe.execute()]
+
+    def succeed(self, job_id: str, **fields: Any) -> bool:
+        return self.finish_many([(job_id, succeeded_fields(**fields))])[0]
+
+    def fail(self, job_id: str, code: str, message: str, **fields: Any) -> bool:
+        return self.finish_many([(job_id, failed_fields(code, message, **fields))])[0]
+
+
+def succeeded_fields(*, result: dict, timings: dict, **extra: Any) -> dict[str, Any]:
+    return {
+        "status": SUCCEEDED,
+        "finished_at": time.time(),
+        "result": result,
+        "timings": timings,
+        **extra,
+    }
+
+
+def failed_fields(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "status": FAILED,
+        "finished_at": time.time(),
+        "error_code": code,
+        "error_message": message,
+        **extra,
+    }
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

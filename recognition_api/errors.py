@@ -1,0 +1,73 @@
+"""The one place where errors become HTTP responses.
+
+Every error body is ``{"error": {"code": ..., "message": ...}}`` with a stable
+code. Unexpected exceptions are logged with their stack trace and answered as a
+500 with code ``internal_error`` and no details.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from common.errors import RecognitionError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+_DRF_CODES = {
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "invalid_api_key",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.ParseError: "malformed_request",
+    exceptions.NotFound: "not_found",
+    exceptions.Throttled: "rate_limited",
+}
+
+
+def error_response(
+    code: str, message: str, http_status: int, *, retry_after: int | None = None
+) -> Response:
+    response = Response({"error": {"code": code, "message": message}}, status=http_status)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response
+
+
+def exception_handler(exc: Exception, context: dict) -> Response:
+    from django.conf import settings
+
+    if isinstance(exc, redis.RedisError):
+        logger.warning("redis unavailable: %s", exc)
+        exc = ServiceUnavailable()
+    if isinstance(exc, RecognitionError):
+        retry_after = exc.retry_after
+        if retry_after is None and exc.http_status in (429, 503):
+            retry_after = settings.RETRY_AFTER_SECONDS
+        return error_response(exc.code, exc.message, exc.http_status, retry_after=retry_after)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, exceptions.APIException):
+        code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), "invalid_request")
+        detail = exc.detail if isinstance(exc.detail, str) else _flatten(exc.detail)
+        response = error_response(code, str(detail), exc.status_code)
+        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+            response.status_code = status.HTTP_401_UNAUTHORIZED
+            response["WWW-Authenticate"] = 'Bearer realm="recognition"'
+        return response
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response("internal_error", "Internal error; it has been logged.", 500)
+
+
+def _flatten(detail: object) -> str:
+    if isinstance(detail, dict):
+        return "; ".join(f"{k}: {_flatten(v)}" for k, v in detail.items())
+    if isinstance(detail, list):
+        return "; ".join(_flatten(v) for v in detail)
+    return str(detail)

@@ -1,0 +1,160 @@
+"""Services (writes) and selectors (reads) for recognition jobs.
+
+Views call exactly one of these. Connections are made once per process and
+shared by all threads (redis-py pools are thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from common.errors import JobNotFound, NoActiveModel, QueueFull, ServiceUnavailable
+from common.heartbeat import ready_workers
+from common.imagestore import ImageStore, image_store_from_url
+from common.imaging import ImageInfo, inspect_image
+from common.jobstore import JobStore
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "recognition.recognize"  # the contract with the worker image; never rename
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+        max_connections=256,
+    )
+
+
+@lru_cache(maxsize=1)
+def job_store() -> JobStore:
+    return JobStore(redis_client(), settings.REDIS_KEY_PREFIX, settings.JOB_TTL_SECONDS)
+
+
+@lru_cache(maxsize=1)
+def image_store() -> ImageStore:
+    return image_store_from_url(settings.IMAGE_STORE_URL, s3_endpoint_url=settings.S3_ENDPOINT_URL)
+
+
+def _celery():  # type: ignore[no-untyped-def]
+    from workers.celery_app import app  # light: the worker's TensorFlow stays unimported
+
+    return app
+
+
+def image_validate(*, data: bytes) -> ImageInfo:
+    return inspect_image(
+        data,
+        max_bytes=settings.MAX_UPLOAD_BYTES,
+        max_pixels=settings.MAX_IMAGE_PIXELS,
+        min_side=settings.MIN_IMAGE_SIDE,
+    )
+
+
+def recognition_job_create(
+    *, data: bytes, client_name: str, request_id: str
+) -> dict[str, str]:
+    info = image_validate(data=data)
+    store = job_store()
+    job_id = store.new_id()
+    image_store().put(job_id, data, info.content_type)
+    try:
+        routed = store.create(
+            job_id=job_id,
+            fields={
+                "image_key": job_id,
+                "image_format": info.format,
+                "image_width": info.width,
+                "image_height": info.height,
+                "image_bytes": len(data),
+                "client": client_name,
+                "request_id": request_id,
+                "model_name": settings.MODEL_NAME,
+            },
+            default_version=settings.DEFAULT_MODEL_VERSION,
+            max_queue_depth=settings.MAX_QUEUE_DEPTH,
+            canary_draw=random.random(),
+        )
+        if routed.outcome == "full":
+            raise QueueFull(
+                f"{routed.depth} photos are already waiting for model version "
+                f"{routed.version}; retry shortly."
+            )
+        if routed.outcome != "ok":
+            raise NoActiveModel()
+        try:
+            _celery().send_task(
+                TASK_NAME,
+                kwargs={"job_id": job_id, "request_id": request_id},
+                queue=routed.queue,
+                routing_key=routed.queue,
+            )
+        except Exception as exc:
+            store.delete(job_id)
+            logger.warning("enqueue failed: %s", exc)
+            raise ServiceUnavailable("The job queue is unavailable; retry shortly.") from exc
+    except BaseException:
+        _forget_image(job_id)
+        raise
+    logger.info(
+        "job queued",
+        extra={"job_id": job_id, "model_version": routed.version, "client": client_name},
+    )
+    return {"id": job_id, "status": "queued", "model_version": routed.version}
+
+
+def _forget_image(job_id: str) -> None:
+    try:
+        image_store().delete(job_id)
+    except Exception:  # best effort: the TTL sweep removes it anyway
+        logger.warning("could not delete image of rejected job %s", job_id)
+
+
+def recognition_job_get(*, job_id: str, wait_seconds: float = 0.0) -> dict[str, str]:
+    if not _valid_id(job_id):
+        raise JobNotFound()
+    store = job_store()
+    record = store.wait(job_id, wait_seconds) if wait_seconds > 0 else store.get(job_id)
+    if record is None:
+        raise JobNotFound()
+    return record
+
+
+def _valid_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
+def readiness() -> dict[str, Any]:
+    """Redis reachable, and the version new jobs go to has ready workers."""
+    client = redis_client()
+    started = time.perf_counter()
+    client.ping()
+    ping_ms = (time.perf_counter() - started) * 1000
+    state = client.hgetall(job_store().rollout_key)
+    state = {k.decode(): v.decode() for k, v in state.items()}
+    active = state.get("active") or settings.DEFAULT_MODEL_VERSION
+    workers = ready_workers(client, prefix=settings.REDIS_KEY_PREFIX, version=active)
+    report: dict[str, Any] = {
+        "redis": {"ok": True, "ping_ms": round(ping_ms, 2)},
+        "active_version": active,
+        "ready_workers": len(workers),
+    }
+    canary = state.get("canary")
+    if canary:
+        report["canary_version"] = canary
+        report["canary_ready_workers"] = len(
+            ready_workers(client, prefix=settings.REDIS_KEY_PREFIX, version=canary)
+        )
+    report["ready"] = bool(workers)
+    return report

@@ -1,0 +1,153 @@
+"""Settings for the API and the workers, all from the environment.
+
+Both processes read this module (the workers through Celery's ``CELERY_*``
+namespace), so a setting has one name and one default everywhere. Nothing here
+imports TensorFlow. See ``.env.example`` for every variable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from common.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("RECOGNITION_VAR_DIR", str(BASE_DIR / "var")))
+
+# Nothing is signed with it (no sessions, no cookies), so a per-process random key is
+# safe when none is configured; set one anyway in production to silence checks.
+# https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+
+INSTALLED_APPS = [
+    "rest_framework",
+    "drf_spectacular",
+    "recognition_api",
+]
+MIDDLEWARE = [
+    "recognition_api.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+ROOT_URLCONF = "recognition_api.urls"
+WSGI_APPLICATION = "recognition_api.wsgi.application"
+# No relational database: jobs live in Redis, API keys in the environment.
+DATABASES: dict = {}
+USE_TZ = True
+TIME_ZONE = "UTC"
+APPEND_SLASH = False
+
+# --- Redis ---------------------------------------------------------------------------
+REDIS_URL = env_secret("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "recog:")
+# Redis calls from request handlers fail fast rather than hang a client.
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 5.0, minimum=0.1)
+JOB_TTL_SECONDS = env_int("JOB_TTL_SECONDS", 86400, minimum=60)
+
+# --- Upload limits -------------------------------------------------------------------
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
+MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 50_000_000, minimum=10_000)
+MIN_IMAGE_SIDE = env_int("MIN_IMAGE_SIDE", 32, minimum=1)
+# Keep uploads in memory up to the limit: they are validated and stored at once.
+# https://docs.djangoproject.com/en/5.2/ref/settings/#file-upload-max-memory-size
+FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 1
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+FILE_UPLOAD_HANDLERS = ["recognition_api.uploads.LimitedMemoryUploadHandler"]
+
+IMAGE_STORE_URL = env_str("IMAGE_STORE_URL", (VAR_DIR / "images").as_uri())
+S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "") or None
+
+# --- Recognition ---------------------------------------------------------------------
+API_KEYS = env_secret("API_KEYS", "")  # "name:sha256:<hex>,..." (hashes only)
+MAX_WAIT_SECONDS = env_float("MAX_WAIT_SECONDS", 30.0, minimum=0, maximum=120)
+MAX_QUEUE_DEPTH = env_int("MAX_QUEUE_DEPTH", 10_000, minimum=0)  # 0 = unbounded
+RETRY_AFTER_SECONDS = env_int("RETRY_AFTER_SECONDS", 2, minimum=1)
+
+MODEL_ROOT = Path(env_str("MODEL_ROOT", str(VAR_DIR / "models")))
+MODEL_NAME = env_str("MODEL_NAME", "reference")
+# The version new jobs go to while the registry holds no rollout state in Redis.
+DEFAULT_MODEL_VERSION = env_str("DEFAULT_MODEL_VERSION", "1")
+
+# --- Worker --------------------------------------------------------------------------
+WORKER_MODEL_VERSION = env_str("WORKER_MODEL_VERSION", DEFAULT_MODEL_VERSION)
+WORKER_MAX_DELIVERIES = env_int("WORKER_MAX_DELIVERIES", 3, minimum=1)
+WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
+WORKER_READY_FILE = env_str("WORKER_READY_FILE", str(VAR_DIR / "worker-ready"))
+BATCH_MAX_SIZE = env_int("BATCH_MAX_SIZE", 16, minimum=1, maximum=1024)
+BATCH_MAX_WAIT_MS = env_float("BATCH_MAX_WAIT_MS", 5.0, minimum=0, maximum=1000)
+WORKER_THREADS = env_int("WORKER_THREADS", 0, minimum=0)  # 0: derived from batch size
+
+# --- Celery (read by workers.celery_app with namespace="CELERY") -------------------
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]  # never pickle
+CELERY_RESULT_BACKEND = None  # results are written to the job record, not Celery's backend
+CELERY_TASK_IGNORE_RESULT = True
+# At-least-once: ack after the work is done, requeue when the worker is lost.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A message a dead worker held comes back after this long; keep it well above the
+# slowest batch (or a slow job would run twice) and low enough to recover quickly.
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+BROKER_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+}
+CELERY_TASK_DEFAULT_QUEUE = f"recognize.{WORKER_MODEL_VERSION}"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+
+# --- DRF and OpenAPI -----------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["recognition_api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["recognition_api.auth.HasApiKey"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.MultiPartParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "recognition_api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+    "UNAUTHENTICATED_TOKEN": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Listing-photo recognition API",
+    "DESCRIPTION": (
+        "Upload a listing photo; get a suggested name, category, brand and color, each "
+        "with a confidence score and alternatives. Fields below their confidence "
+        "threshold are returned as null."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Logging: one JSON object per line, with the request id --------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "common.logs.RequestIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    },
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["request_id"],
+        }
+    },
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+}

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from common.errors import ImageMissing, ImageTooLarge, InvalidParameter
+from recognition_api import services
+from recognition_api.representations import job_representation
+from recognition_api.serializers import (
+    ErrorSerializer,
+    JobSerializer,
+    RecognizeInputSerializer,
+    WaitQuerySerializer,
+)
+
+_MULTIPART_OVERHEAD = 64 * 1024
+
+_RESULT_EXAMPLE = OpenApiExample(
+    "A recognized photo",
+    value={
+        "id": "8f14e45fceea167a5a36dedd4bea2543",
+        "status": "succeeded",
+        "model": {"name": "reference", "version": "1"},
+        "created_at": "2026-11-29T12:00:00.000+00:00",
+        "started_at": "2026-11-29T12:00:00.004+00:00",
+        "finished_at": "2026-11-29T12:00:00.120+00:00",
+        "timings_ms": {"queue_wait": 4.1, "decode": 6.3, "prepare": 80.2, "inference": 21.5, "batch_size": 1, "total": 120.0},
+        "result": {
+            "name": {"value": "Nordvik red coffee mug", "confidence": 0.61, "threshold": 0.2, "alternatives": []},
+            "category": {"value": "kitchen_tableware", "confidence": 0.83, "threshold": 0.3, "alternatives": [{"value": "kitchen_tableware", "confidence": 0.83}, {"value": "home", "confidence": 0.08}]},
+            "brand": {"value": "Nordvik", "confidence": 0.95, "threshold": 0.6, "alternatives": [{"value": "Nordvik", "confidence": 0.95}]},
+            "color": {"value": None, "confidence": 0.31, "threshold": 0.4, "alternatives": [{"value": "red", "confidence": 0.31}, {"value": "orange", "confidence": 0.22}]},
+        },
+        "error": None,
+        "request_id": "3c9a4d2e",
+        "location": "/v1/recognitions/8f14e45fceea167a5a36dedd4bea2543",
+    },
+)
+_ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 413: ErrorSerializer, 415: ErrorSerializer,
+           422: ErrorSerializer, 429: ErrorSerializer, 503: ErrorSerializer}
+
+
+def _wait_seconds(request: Request) -> float:
+    query = WaitQuerySerializer(data=request.query_params)
+    if not query.is_valid():
+        raise InvalidParameter("; ".join(str(e) for errs in query.errors.values() for e in errs))
+    return float(query.validated_data["wait"])
+
+
+def _job_response(record: dict[str, str]) -> Response:
+    location = reverse("recognition-detail", kwargs={"job_id": record["id"]})
+    body = job_representation(record, location=location)
+    finished = body["status"] in ("succeeded", "failed")
+    response = Response(body, status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED)
+    response["Location"] = location
+    return response
+
+
+class RecognizeApi(APIView):
+    """POST /recognize and /v1/recognize."""
+
+    @extend_schema(
+        operation_id="recognize",
+        summary="Recognize a listing photo",
+        description=(
+            "Queues the photo and answers 202 with the job and its Location. With "
+            "`?wait=N` it waits up to N seconds and answers 200 with the result when it "
+            "is ready in time (202 otherwise)."
+        ),
+        parameters=[OpenApiParameter("wait", float, description="seconds to wait, 0-30")],
+        request={"multipart/form-data": RecognizeInputSerializer},
+        responses={200: JobSerializer, 202: JobSerializer, **_ERRORS},
+        examples=[_RESULT_EXAMPLE],
+    )
+    def post(self, request: Request) -> Response:
+        wait = _wait_seconds(request)
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > settings.MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD:
+            raise ImageTooLarge(
+                f"The upload is {length:,} bytes; the image limit is {settings.MAX_UPLOAD_BYTES:,} bytes."
+            )
+        upload = request.FILES.get("image")
+        if upload is None:
+            raise ImageMissing()
+        job = services.recognition_job_create(
+            data=upload.read(), client_name=request.user.name, request_id=request.request_id
+        )
+        record = services.recognition_job_get(job_id=job["id"], wait_seconds=wait)
+        return _job_response(record)
+
+
+class RecognitionDetailApi(APIView):
+    """GET /v1/recognitions/{id}."""
+
+    @extend_schema(
+        operation_id="recognition_get",
+        summary="Read a recognition job",
+        parameters=[OpenApiParameter("wait", float, description="seconds to wait for a result, 0-30")],
+        responses={200: JobSerializer, 202: JobSerializer, 404: ErrorSerializer, 401: ErrorSerializer},
+        examples=[_RESULT_EXAMPLE],
+    )
+    def get(self, request: Request, job_id: str) -> Response:
+        record = services.recognition_job_get(job_id=job_id, wait_seconds=_wait_seconds(request))
+        return _job_response(record)
+
+
+class HealthApi(APIView):
+    """GET /healthz: the process is alive (no dependencies checked)."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    @extend_schema(operation_id="healthz", responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"})
+
+
+class ReadyApi(APIView):
+    """GET /readyz: Redis is reachable and the active model version has ready workers."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    @extend_schema(operation_id="readyz", responses={200: dict, 503: dict})
+    def get(self, request: Request) -> Response:
+        try:
+            report = services.readiness()
+        except Exception as exc:  # any Redis failure means "not ready", never a 500
+            return Response(
+                {"ready": False, "redis": {"ok": False, "error": type(exc).__name__}},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response(report, status=200 if report["ready"] else 503)

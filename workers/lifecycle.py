@@ -1,0 +1,156 @@
+"""A worker process's life: load the model once, warm up, report ready, drain, exit.
+
+Start-up runs in Celery's ``worker_init`` signal, before the consumer starts, so
+no message is taken before the model is loaded and warmed up. Readiness is a
+heartbeat in Redis (for routing and ``promote``) and a file (for the Kubernetes
+probe), both renewed by their own thread: a long inference never makes a live
+worker look dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+from django.conf import settings
+
+from common import heartbeat
+from common.imagestore import image_store_from_url
+from common.jobstore import JobStore
+from models_registry.volume import ModelVolume, version_dir
+from workers.batching import Batcher
+from workers.runtime import runtime_for
+from workers.service import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+_context: WorkerContext | None = None
+_stop = threading.Event()
+_heartbeat_thread: threading.Thread | None = None
+_IMAGE_SWEEP_SECONDS = 300
+
+
+def context() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("the worker has not loaded its model")
+    return _context
+
+
+def load(version: str | None = None) -> WorkerContext:
+    """Open the volume, load the model, warm it up. Called once per process."""
+    global _context
+    version = version or settings.WORKER_MODEL_VERSION
+    path = version_dir(settings.MODEL_ROOT, settings.MODEL_NAME, version)
+    started = time.perf_counter()
+    volume = ModelVolume.open(path)
+    runtime = runtime_for(volume)
+    runtime.load()
+    load_s = time.perf_counter() - started
+    warm = _warm_up(runtime)
+    client = redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+    batcher = Batcher(
+        runtime.predict,
+        max_batch=settings.BATCH_MAX_SIZE,
+        max_wait_s=settings.BATCH_MAX_WAIT_MS / 1000,
+    )
+    batcher.start()
+    _context = WorkerContext(
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        runtime=runtime,
+        batcher=batcher,
+        jobs=JobStore(client, settings.REDIS_KEY_PREFIX, settings.JOB_TTL_SECONDS),
+        images=image_store_from_url(settings.IMAGE_STORE_URL, s3_endpoint_url=settings.S3_ENDPOINT_URL),
+        max_deliveries=settings.WORKER_MAX_DELIVERIES,
+    )
+    logger.info(
+        "model loaded",
+        extra={"model_version": volume.version, "load_s": round(load_s, 3), "warm_up_s": round(warm, 3),
+               "model_bytes": volume.total_bytes},
+    )
+    return _context
+
+
+def _warm_up(runtime) -> float:  # type: ignore[no-untyped-def]
+    """Run the whole path once on a synthetic photo so the first job is not slow."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+    runtime.predict([runtime.prepare(rgb)])
+    return time.perf_counter() - started
+
+
+def mark_ready() -> None:
+    global _heartbeat_thread
+    _stop.clear()
+    _beat()
+    _heartbeat_thread = threading.Thread(target=_heartbeat_loop, name="heartbeat", daemon=True)
+    _heartbeat_thread.start()
+    logger.info("worker ready", extra={"model_version": context().model_version})
+
+
+def _beat() -> None:
+    ctx = context()
+    heartbeat.beat(
+        ctx.jobs.client,
+        prefix=settings.REDIS_KEY_PREFIX,
+        version=ctx.model_version,
+        worker_id=ctx.worker_id,
+        ttl_seconds=settings.WORKER_HEARTBEAT_SECONDS * 3,
+        info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname()},
+    )
+    Path(settings.WORKER_READY_FILE).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.WORKER_READY_FILE).write_text(f"{time.time()}\n")
+
+
+def _heartbeat_loop() -> None:
+    last_sweep = 0.0
+    while not _stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
+        try:
+            _beat()
+        except Exception as exc:  # Redis away: keep trying, the TTL tells readers
+            logger.warning("heartbeat failed: %s", exc)
+        if time.monotonic() - last_sweep > _IMAGE_SWEEP_SECONDS:
+            last_sweep = time.monotonic()
+            try:
+                removed = context().images.purge_expired(settings.JOB_TTL_SECONDS)
+                if removed:
+                    logger.info("expired images removed", extra={"count": removed})
+            except Exception as exc:
+                logger.warning("image sweep failed: %s", exc)
+
+
+def withdraw() -> None:
+    """Stop advertising readiness (called when shutdown starts, before draining)."""
+    _stop.set()
+    Path(settings.WORKER_READY_FILE).unlink(missing_ok=True)
+    if _context is None:
+        return
+    try:
+        heartbeat.withdraw(
+            _context.jobs.client,
+            prefix=settings.REDIS_KEY_PREFIX,
+            version=_context.model_version,
+            worker_id=_context.worker_id,
+        )
+    except Exception as exc:
+        logger.warning("could not withdraw heartbeat: %s", exc)
+
+
+def unload() -> None:
+    global _context
+    withdraw()
+    if _context is not None:
+        _context.batcher.stop(timeout=30)
+        _context.runtime.unload()
+        _context = None

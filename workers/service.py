@@ -1,0 +1,127 @@
+"""What a worker does with one job, as small steps the tests can call one at a time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+from common.errors import DeliveryLimitExceeded, InferenceFailed, JobFailure
+from common.imagestore import ImageStore
+from common.imaging import decode_rgb
+from common.jobstore import JobStore
+from workers.batching import Batcher
+from workers.runtime import ModelRuntime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker process loads once and shares between its task threads."""
+
+    worker_id: str
+    runtime: ModelRuntime
+    batcher: Batcher
+    jobs: JobStore
+    images: ImageStore
+    max_deliveries: int
+
+    @property
+    def model_name(self) -> str:
+        return self.runtime.volume.name
+
+    @property
+    def model_version(self) -> str:
+        return self.runtime.volume.version
+
+
+class TransientError(Exception):
+    """Infrastructure failed (Redis, the image store); the job should be delivered again."""
+
+
+def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
+    """Claim, compute and record one job. Returns the job's outcome for logging.
+
+    Failures of the job itself end it ``failed`` with a code; failures of the
+    infrastructure raise TransientError so that the message is delivered again.
+    """
+    try:
+        claim = context.jobs.claim(job_id, worker=context.worker_id, max_deliveries=context.max_deliveries)
+    except redis.RedisError as exc:
+        raise TransientError(str(exc)) from exc
+    if claim.outcome in ("missing", "done"):
+        return claim.outcome  # expired, or finished by an earlier delivery: nothing to do
+    if claim.outcome == "exhausted":
+        _record_failure(context, job_id, _delivery_limit(claim.deliveries))
+        return "failed"
+    record = claim.record
+    timings: dict[str, float] = {}
+    started_at = float(record["started_at"])
+    timings["queue_wait"] = round((started_at - float(record["created_at"])) * 1000, 2)
+    try:
+        try:
+            data = context.images.get(record["image_key"])
+        except JobFailure:
+            raise
+        except Exception as exc:
+            raise TransientError(f"image store: {exc}") from exc
+        t0 = time.perf_counter()
+        rgb = decode_rgb(data, max_side=context.runtime.decode_max_side)
+        t1 = time.perf_counter()
+        try:
+            prepared = context.runtime.prepare(rgb)
+        except Exception as exc:
+            logger.exception("prepare failed", extra={"job_id": job_id})
+            raise InferenceFailed(f"Preparing the image failed: {type(exc).__name__}") from exc
+        t2 = time.perf_counter()
+        try:
+            outcome = context.batcher.submit(prepared).result()
+        except Exception as exc:
+            logger.exception("inference failed", extra={"job_id": job_id})
+            raise InferenceFailed(f"The model failed on this image: {type(exc).__name__}") from exc
+    except JobFailure as failure:
+        _record_failure(context, job_id, failure)
+        return "failed"
+    timings.update(
+        decode=round((t1 - t0) * 1000, 2),
+        prepare=round((t2 - t1) * 1000, 2),
+        batch_wait=round(outcome.batch_wait_ms, 2),
+        inference=round(outcome.inference_ms, 2),
+        batch_size=outcome.batch_size,
+    )
+    try:
+        context.jobs.succeed(
+            job_id,
+            result=outcome.output,
+            timings=timings,
+            model_name=context.model_name,
+            model_version=context.model_version,
+        )
+    except redis.RedisError as exc:
+        raise TransientError(str(exc)) from exc
+    return "succeeded"
+
+
+def _delivery_limit(deliveries: int) -> JobFailure:
+    return DeliveryLimitExceeded(
+        f"The job was delivered {deliveries} times without finishing (each attempt ended "
+        "with a lost worker); it was stopped to protect the workers."
+    )
+
+
+def _record_failure(context: WorkerContext, job_id: str, failure: JobFailure) -> None:
+    logger.warning("job failed", extra={"job_id": job_id, "code": failure.code})
+    try:
+        context.jobs.fail(
+            job_id,
+            failure.code,
+            failure.message,
+            model_name=context.model_name,
+            model_version=context.model_version,
+        )
+    except redis.RedisError as exc:
+        raise TransientError(str(exc)) from exc
+

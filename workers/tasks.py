@@ -1,0 +1,32 @@
+"""Celery tasks: thin interfaces that take ids and call a service."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery.exceptions import Reject
+
+from common.logs import request_id_var
+from workers import lifecycle
+from workers.celery_app import app
+from workers.service import TransientError, recognition_job_process
+
+logger = logging.getLogger(__name__)
+
+
+@app.task(name="recognition.recognize", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def recognize(job_id: str, request_id: str | None = None) -> str:
+    token = request_id_var.set(request_id)
+    try:
+        outcome = recognition_job_process(job_id=job_id, context=lifecycle.context())
+        logger.info("job processed", extra={"job_id": job_id, "outcome": outcome})
+        return outcome
+    except TransientError as exc:
+        # Put the message back rather than ack it: the job is not lost, and the
+        # pause keeps a Redis outage from turning into a hot redelivery loop.
+        logger.warning("transient failure, requeueing", extra={"job_id": job_id, "error": str(exc)})
+        time.sleep(1.0)
+        raise Reject(str(exc), requeue=True) from exc
+    finally:
+        request_id_var.reset(token)
