@@ -14,8 +14,8 @@ class LimitedMemoryUploadHandler(MemoryFileUploadHandler):
     """
 
     def new_file(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super().new_file(*args, **kwargs)
         self._received = 0
+        super().new_file(*args, **kwargs)  # raises StopFutureHandlers: keep it last
 
     def receive_data_chunk(self, raw_data: bytes, start: int):  # type: ignore[no-untyped-def]
         self._received += len(raw_data)

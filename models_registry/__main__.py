@@ -1,0 +1,3 @@
+from models_registry.cli import main
+
+main()

