@@ -124,8 +124,18 @@ class S3ImageStore:
             "Status": "Enabled",
             "Expiration": {"Days": days},
         }
+        try:
+            current = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+        except self._client_error as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise
+            current = []
+        if rule in current:
+            return 0
+        # Keep the bucket's other rules; replace only ours.
+        rules = [r for r in current if r.get("ID") != rule["ID"]] + [rule]
         self.client.put_bucket_lifecycle_configuration(
-            Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]}
+            Bucket=self.bucket, LifecycleConfiguration={"Rules": rules}
         )
         return 0
 

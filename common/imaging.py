@@ -103,11 +103,12 @@ def inspect_image(
             )
         frames = int(getattr(image, "n_frames", 1) or 1)
         mode = image.mode
-        orientation = image.getexif().get(0x0112, 1)
         try:
             if fmt in ("JPEG", "MPO"):
                 image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             image.load()
+            # After load: for PNG, reading EXIF walks the chunks to the end of the file.
+            orientation = image.getexif().get(0x0112, 1)
         except Image.DecompressionBombError as exc:
             raise _too_many_pixels(max_pixels) from exc
         except Exception as exc:

@@ -1,0 +1,92 @@
+"""Image stores: a local directory, and S3 against a real S3-compatible HTTP server (moto)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+
+from common.errors import ImageUnavailable
+from common.imagestore import LocalImageStore, S3ImageStore, image_store_from_url
+from tests.support import free_port, spawn, wait_until
+
+
+def test_the_local_store_round_trips_and_expires(tmp_path: Path) -> None:
+    store = image_store_from_url((tmp_path / "images").as_uri())
+    assert isinstance(store, LocalImageStore)
+    store.put("abc", b"photo", "image/jpeg")
+    assert store.get("abc") == b"photo"
+    old = time.time() - 7200
+    os.utime(tmp_path / "images" / "abc", (old, old))
+    store.put("fresh", b"new", "image/jpeg")
+    assert store.purge_expired(3600) == 1
+    with pytest.raises(ImageUnavailable):
+        store.get("abc")
+    assert store.get("fresh") == b"new"
+
+
+def test_the_local_store_refuses_keys_that_escape_its_directory(tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path)
+    for key in ("../etc/passwd", ".hidden", ""):
+        with pytest.raises(ValueError):
+            store.put(key, b"x", "image/jpeg")
+
+
+def test_it_rejects_an_unknown_store_url() -> None:
+    with pytest.raises(ValueError, match="file:///path or s3://bucket/prefix"):
+        image_store_from_url("ftp://example/images")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    process = spawn("moto", ["moto_server", "-H", "127.0.0.1", "-p", str(port)], env,
+                    tmp_path_factory.mktemp("moto"))
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(url).status_code < 500, 30, "moto_server")
+    yield url
+    process.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def test_the_s3_store_talks_to_a_real_s3_endpoint(s3_endpoint: str, aws_env: None) -> None:
+    raw = boto3.client("s3", endpoint_url=s3_endpoint)
+    raw.create_bucket(Bucket="photos")
+    store = image_store_from_url("s3://photos/uploads", s3_endpoint_url=s3_endpoint)
+    assert isinstance(store, S3ImageStore)
+    store.put("job1", b"\xff\xd8jpeg", "image/jpeg")
+    head = raw.head_object(Bucket="photos", Key="uploads/job1")
+    assert head["ContentType"] == "image/jpeg"
+    assert store.get("job1") == b"\xff\xd8jpeg"
+    store.delete("job1")
+    with pytest.raises(ImageUnavailable):
+        store.get("job1")
+
+
+def test_the_s3_store_expires_images_with_a_lifecycle_rule_and_keeps_other_rules(
+    s3_endpoint: str, aws_env: None
+) -> None:
+    raw = boto3.client("s3", endpoint_url=s3_endpoint)
+    raw.create_bucket(Bucket="photos2")
+    other = {"ID": "logs", "Filter": {"Prefix": "logs/"}, "Status": "Enabled", "Expiration": {"Days": 30}}
+    raw.put_bucket_lifecycle_configuration(Bucket="photos2", LifecycleConfiguration={"Rules": [other]})
+    store = image_store_from_url("s3://photos2/uploads", s3_endpoint_url=s3_endpoint)
+    store.purge_expired(ttl_seconds=3600)
+    store.purge_expired(ttl_seconds=3600)  # idempotent
+    rules = {r["ID"]: r for r in raw.get_bucket_lifecycle_configuration(Bucket="photos2")["Rules"]}
+    assert set(rules) == {"logs", "recognition-images-expire-uploads"}
+    mine = rules["recognition-images-expire-uploads"]
+    assert mine["Expiration"]["Days"] == 1
+    assert mine["Filter"]["Prefix"] == "uploads/"

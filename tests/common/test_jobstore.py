@@ -1,0 +1,113 @@
+"""Job records against a real Redis: routing, claims, idempotent finishes, waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from common.jobstore import JobStore
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> JobStore:
+    return JobStore(redis_client, key_prefix, ttl_seconds=60)
+
+
+def create(store: JobStore, draw: float = 0.5, max_depth: int = 0, default: str = "1"):  # type: ignore[no-untyped-def]
+    job_id = store.new_id()
+    return job_id, store.create(job_id=job_id, fields={"image_key": job_id}, default_version=default,
+                                max_queue_depth=max_depth, canary_draw=draw)
+
+
+def test_it_routes_to_the_default_version_without_rollout_state(store: JobStore) -> None:
+    job_id, routed = create(store)
+    assert (routed.outcome, routed.version, routed.queue) == ("ok", "1", "recognize.1")
+    record = store.get(job_id)
+    assert record is not None
+    assert record["status"] == "queued" and record["model_version"] == "1"
+    assert 0 < store.client.ttl(store.job_key(job_id)) <= 60
+
+
+def test_it_routes_to_the_active_and_canary_versions(store: JobStore) -> None:
+    store.client.hset(store.rollout_key, mapping={"active": "2", "canary": "3", "canary_weight": "0.2"})
+    assert create(store, draw=0.5)[1].version == "2"
+    assert create(store, draw=0.1)[1].version == "3"
+
+
+def test_it_refuses_when_no_version_is_active(store: JobStore) -> None:
+    assert create(store, default="")[1].outcome == "no_model"
+
+
+def test_it_refuses_when_the_queue_is_at_its_bound(store: JobStore) -> None:
+    store.client.rpush("recognize.9", "a", "b")
+    try:
+        job_id, routed = create(store, max_depth=2, default="9")
+        assert (routed.outcome, routed.depth) == ("full", 2)
+        assert store.get(job_id) is None
+    finally:
+        store.client.delete("recognize.9")
+
+
+def test_each_claim_counts_a_delivery_and_the_limit_ends_it(store: JobStore) -> None:
+    job_id, _ = create(store)
+    first = store.claim(job_id, worker="w1", max_deliveries=2)
+    assert (first.outcome, first.deliveries, first.record["status"]) == ("claimed", 1, "running")
+    assert store.claim(job_id, worker="w2", max_deliveries=2).deliveries == 2
+    assert store.claim(job_id, worker="w3", max_deliveries=2).outcome == "exhausted"
+    assert store.fail(job_id, "delivery_limit_exceeded", "stopped")
+    assert store.get(job_id)["status"] == "failed"
+
+
+def test_the_first_terminal_write_wins(store: JobStore) -> None:
+    job_id, _ = create(store)
+    store.claim(job_id, worker="w1", max_deliveries=3)
+    assert store.succeed(job_id, result={"x": 1}, timings={}) is True
+    assert store.fail(job_id, "late", "a redelivered copy failed") is False
+    assert store.succeed(job_id, result={"x": 2}, timings={}) is False
+    record = store.get(job_id)
+    assert record["status"] == "succeeded" and record["result"] == '{"x":1}'
+    assert store.claim(job_id, worker="w2", max_deliveries=3).outcome == "done"
+
+
+def test_it_never_resurrects_an_expired_job(store: JobStore) -> None:
+    job_id, _ = create(store)
+    store.delete(job_id)
+    assert store.claim(job_id, worker="w1", max_deliveries=3).outcome == "missing"
+    assert store.succeed(job_id, result={}, timings={}) is False
+    assert store.get(job_id) is None
+
+
+def test_a_waiting_reader_wakes_when_the_job_finishes(store: JobStore) -> None:
+    job_id, _ = create(store)
+
+    def finish_later() -> None:
+        time.sleep(0.3)
+        store.succeed(job_id, result={"ok": True}, timings={})
+
+    threading.Thread(target=finish_later).start()
+    started = time.monotonic()
+    record = store.wait(job_id, timeout=10)
+    elapsed = time.monotonic() - started
+    assert record["status"] == "succeeded"
+    assert elapsed < 5  # woken by the notification, not by the timeout
+
+
+def test_a_wait_ends_at_its_timeout_with_the_job_as_it_is(store: JobStore) -> None:
+    job_id, _ = create(store)
+    started = time.monotonic()
+    record = store.wait(job_id, timeout=0.3)
+    assert record["status"] == "queued"
+    assert 0.25 < time.monotonic() - started < 5
+
+
+def test_finishing_many_jobs_takes_one_round_trip(store: JobStore) -> None:
+    ids = [create(store)[0] for _ in range(5)]
+    from common.jobstore import failed_fields, succeeded_fields
+
+    finishes = [(i, succeeded_fields(result={"n": n}, timings={})) for n, i in enumerate(ids[:4])]
+    finishes.append((ids[4], failed_fields("image_decode_failed", "bad")))
+    assert store.finish_many(finishes) == [True] * 5
+    assert [store.get(i)["status"] for i in ids] == ["succeeded"] * 4 + ["failed"]

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from tests.support import REFERENCE_MODEL_ROOT, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the tests' own, on a free port."""
+    process, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    process.kill()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """Each test's keys live under their own prefix, so tests never see each other's."""
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="session")
+def reference_model_root() -> Path:
+    """The reference model volume built by scripts/setup (built here if it is missing)."""
+    path = REFERENCE_MODEL_ROOT / "reference" / "1"
+    if not path.exists():
+        from models_registry.build import build_reference
+
+        build_reference(REFERENCE_MODEL_ROOT, "1", evaluate=False)
+    return REFERENCE_MODEL_ROOT
+
+
+def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def coffee() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.coffee())
+
+
+def solid(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> Image.Image:
+    return Image.fromarray(np.full((size[1], size[0], 3), color, dtype=np.uint8))

@@ -1,0 +1,179 @@
+"""Real processes for the tests: redis-server, Gunicorn, Celery workers, moto's S3.
+
+Each runs on a free loopback port with its own environment, so the tests never
+touch the machine's own Redis or each other.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_MODEL_ROOT = Path(os.environ.get("MODEL_ROOT", ROOT / "var" / "models"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], logdir: Path) -> Process:
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{name}.log"
+    handle = log.open("ab")
+    popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    handle.close()
+    return Process(name, popen, log)
+
+
+def start_redis(tmp: Path) -> tuple[Process, str]:
+    port = free_port()
+    process = spawn(
+        f"redis-{port}",
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp)],
+        dict(os.environ),
+        tmp,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    wait_until(client.ping, 10, "redis-server")
+    client.close()
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass
+class Stack:
+    """A running service: Redis, an API (Gunicorn) and workers, sharing one environment."""
+
+    tmp: Path
+    env: dict[str, str]
+    api_key: str
+    redis_url: str
+    api_url: str = ""
+    processes: list[Process] = field(default_factory=list)
+
+    def start_api(self) -> Process:
+        port = free_port()
+        env = {**self.env, "API_BIND": f"127.0.0.1:{port}", "API_PROCESSES": "2", "API_THREADS": "16"}
+        process = spawn(f"api-{port}", ["scripts/start-api"], env, self.tmp / "logs")
+        self.processes.append(process)
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{self.api_url}/healthz").status_code == 200, 30, "the API")
+        return process
+
+    def start_worker(self, version: str, *, name: str | None = None, extra_env: dict[str, str] | None = None) -> Process:
+        env = {**self.env, "WORKER_MODEL_VERSION": version,
+               "WORKER_READY_FILE": str(self.tmp / f"ready-{name or version}"), **(extra_env or {})}
+        process = spawn(name or f"worker-{version}", ["scripts/start-worker"], env, self.tmp / "logs")
+        self.processes.append(process)
+        return process
+
+    def wait_worker_ready(self, process: Process, version: str, timeout: float = 180) -> None:
+        import redis
+
+        from common.heartbeat import ready_workers
+
+        client = redis.Redis.from_url(self.redis_url)
+        before = set(ready_workers(client, prefix=self.env["REDIS_KEY_PREFIX"], version=version))
+
+        def ready() -> bool:
+            if not process.alive():
+                raise AssertionError(f"{process.name} exited:\n{process.output()[-4000:]}")
+            now = set(ready_workers(client, prefix=self.env["REDIS_KEY_PREFIX"], version=version))
+            return bool(now - before) or (bool(now) and not before)
+
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{process.name} not ready:\n{process.output()[-4000:]}")
+            time.sleep(0.2)
+
+    def client(self, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
+        return httpx.Client(
+            base_url=self.api_url,
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=kwargs.pop("timeout", 60),
+            **kwargs,
+        )
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop(timeout=30)
+
+
+def stack_env(tmp: Path, redis_url: str, *, model_root: Path, default_version: str, **extra: str) -> tuple[dict[str, str], str]:
+    sys.path.insert(0, str(ROOT))
+    from recognition_api.auth import new_key
+
+    key, digest = new_key()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "MODEL_", "API_"))},
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
+        "DJANGO_SETTINGS_MODULE": "recognition_api.settings",
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": f"t{os.getpid()}:",
+        "MODEL_ROOT": str(model_root),
+        "DEFAULT_MODEL_VERSION": default_version,
+        "RECOGNITION_VAR_DIR": str(tmp / "var"),
+        "IMAGE_STORE_URL": (tmp / "images").as_uri(),
+        "API_KEYS": f"tests:{digest}",
+        "API_ACCESS_LOG": "0",
+        "LOG_LEVEL": "INFO",
+        "WORKER_HEARTBEAT_SECONDS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **extra,
+    }
+    return env, key
