@@ -68,6 +68,12 @@ class ImageTooSmall(InvalidInput):
     http_status = 422
 
 
+class LengthRequired(InvalidInput):
+    code = "length_required"
+    http_status = 411
+    default_message = "Send the upload with a Content-Length header (chunked uploads are not accepted)."
+
+
 class InvalidParameter(InvalidInput):
     code = "invalid_parameter"
 

@@ -99,6 +99,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 BROKER_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+    # Look for messages of dead workers every few seconds (kombu's default scans
+    # only every 10th 10-second tick); one ZRANGE per scan costs nothing.
+    "unacked_restore_interval": env_float("BROKER_RESTORE_INTERVAL", 5.0, minimum=0.5),
+    "unacked_restore_throttle": 1,
     "socket_timeout": REDIS_SOCKET_TIMEOUT,
     "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
 }

@@ -16,3 +16,6 @@ urlpatterns = [
         name="openapi",
     ),
 ]
+
+handler404 = "recognition_api.views.not_found"
+handler500 = "recognition_api.views.server_error"

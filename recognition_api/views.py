@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.errors import ImageMissing, ImageTooLarge, InvalidParameter
+from common.errors import ImageMissing, ImageTooLarge, InvalidParameter, LengthRequired
 from recognition_api import services
 from recognition_api.representations import job_representation
 from recognition_api.serializers import (
@@ -80,6 +80,8 @@ class RecognizeApi(APIView):
     def post(self, request: Request) -> Response:
         wait = _wait_seconds(request)
         length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if not length and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            raise LengthRequired()
         if length > settings.MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD:
             raise ImageTooLarge(
                 f"The upload is {length:,} bytes; the image limit is {settings.MAX_UPLOAD_BYTES:,} bytes."
@@ -136,3 +138,19 @@ class ReadyApi(APIView):
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return Response(report, status=200 if report["ready"] else 503)
+
+
+def not_found(request, exception=None):  # type: ignore[no-untyped-def]
+    """JSON 404 for URLs that match no route (Django's default is an HTML page)."""
+    from django.http import JsonResponse
+
+    return JsonResponse({"error": {"code": "not_found", "message": "No such endpoint."}}, status=404)
+
+
+def server_error(request):  # type: ignore[no-untyped-def]
+    from django.http import JsonResponse
+
+    return JsonResponse(
+        {"error": {"code": "internal_error", "message": "Internal error; it has been logged."}},
+        status=500,
+    )

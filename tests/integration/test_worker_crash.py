@@ -1,0 +1,67 @@
+"""A worker killed with SIGKILL while it holds jobs loses none of them."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import jpeg_bytes
+from tests.support import Stack, stack_env, start_redis, wait_until
+
+
+@pytest.fixture
+def crash_stack(tmp_path: Path, reference_model_root: Path) -> Iterator[Stack]:
+    redis_process, url = start_redis(tmp_path)
+    # A short visibility timeout so that a dead worker's messages come back within
+    # the test; production keeps it well above the slowest batch.
+    env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
+                         BROKER_VISIBILITY_TIMEOUT="6", BROKER_RESTORE_INTERVAL="1")
+    running = Stack(tmp_path, env, key, url)
+    try:
+        running.start_api()
+        yield running
+    finally:
+        running.stop()
+        redis_process.kill()
+
+
+def test_jobs_held_by_a_killed_worker_are_redelivered_and_finish(crash_stack: Stack, coffee) -> None:  # type: ignore[no-untyped-def]
+    stack = crash_stack
+    first = stack.start_worker("1", name="doomed")
+    stack.wait_worker_ready(first, "1")
+    with stack.client() as client:
+        ids = [
+            client.post("/recognize", files={"image": (f"{i}.jpg", jpeg_bytes(coffee.rotate(i * 7)), "image/jpeg")}).json()["id"]
+            for i in range(12)
+        ]
+    store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    prefix = stack.env["REDIS_KEY_PREFIX"]
+
+    def statuses() -> list[str]:
+        return [store.hget(f"{prefix}job:{i}", "status") for i in ids]
+
+    wait_until(lambda: "running" in statuses(), 60, "a job to start", interval=0.01)
+    first.stop(signal.SIGKILL)
+    at_kill = statuses()
+    held = [i for i, s in zip(ids, at_kill, strict=True) if s not in ("succeeded", "failed")]
+    interrupted = [i for i, s in zip(ids, at_kill, strict=True) if s == "running"]
+    assert held, "the worker finished everything before it was killed; the test proved nothing"
+    unacked = store.hlen("unacked")
+    assert unacked >= 1  # the broker still holds the killed worker's messages
+
+    second = stack.start_worker("1", name="rescuer")
+    stack.wait_worker_ready(second, "1")
+    wait_until(lambda: all(s in ("succeeded", "failed") for s in statuses()), 120, "all jobs to finish")
+    assert statuses() == ["succeeded"] * len(ids)
+    # A job that was running when the worker died ran again, on the new worker.
+    for job_id in interrupted:
+        assert int(store.hget(f"{prefix}job:{job_id}", "deliveries")) >= 2
+        assert store.hget(f"{prefix}job:{job_id}", "worker").endswith(f":{second.popen.pid}")
+    time.sleep(0.5)
+    assert store.hlen("unacked") == 0
+    assert store.llen("recognize.1") == 0
