@@ -48,8 +48,9 @@ class ReferenceRuntime:
         self.class_names: list[str] = (
             (labels / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
         )
+        by_index = {int(m["index"]): m["category"] for m in taxonomy["mapping"]}
         self.class_category = np.array(
-            [self.categories.index(taxonomy["mapping"][str(i)]) for i in range(len(self.class_names))]
+            [self.categories.index(by_index[i]) for i in range(len(self.class_names))]
         )
         matrix = np.zeros((len(self.class_names), len(self.categories)), dtype=np.float32)
         matrix[np.arange(len(self.class_names)), self.class_category] = 1.0
