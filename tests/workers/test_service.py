@@ -1,0 +1,94 @@
+"""One job through the worker's steps, with a real Redis and the null model."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from PIL import Image
+
+from common.imagestore import LocalImageStore
+from common.jobstore import JobStore
+from models_registry.build import build_null
+from workers.batching import Batcher
+from workers.runtime import runtime_for
+from workers.service import TransientError, WorkerContext, recognition_job_process
+
+
+@pytest.fixture
+def context(tmp_path: Path, redis_client: redis.Redis, key_prefix: str) -> Iterator[WorkerContext]:
+    runtime = runtime_for(build_null(tmp_path / "models", "n1"))
+    runtime.load()
+    batcher = Batcher(runtime.predict, max_batch=4, max_wait_s=0.01)
+    batcher.start()
+    yield WorkerContext("test-worker:1", runtime, batcher, JobStore(redis_client, key_prefix, 60),
+                        LocalImageStore(tmp_path / "images"), max_deliveries=2)
+    batcher.stop(5)
+
+
+def queue_job(context: WorkerContext, data: bytes) -> str:
+    job_id = context.jobs.new_id()
+    context.images.put(job_id, data, "image/png")
+    context.jobs.create(job_id=job_id, fields={"image_key": job_id}, default_version="n1",
+                        max_queue_depth=0, canary_draw=0.5)
+    return job_id
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_job_is_computed_and_recorded_with_its_timings(context: WorkerContext) -> None:
+    job_id = queue_job(context, png((255, 0, 0)))
+    assert recognition_job_process(job_id=job_id, context=context) == "succeeded"
+    record = context.jobs.get(job_id)
+    assert record["status"] == "succeeded" and record["model_version"] == "n1"
+    assert json.loads(record["result"])["color"]["value"] == "#ff0000"
+    timings = json.loads(record["timings"])
+    assert {"queue_wait", "decode", "prepare", "batch_wait", "inference", "batch_size"} <= set(timings)
+
+
+def test_a_second_delivery_of_a_finished_job_changes_nothing(context: WorkerContext) -> None:
+    job_id = queue_job(context, png((0, 255, 0)))
+    recognition_job_process(job_id=job_id, context=context)
+    before = context.jobs.get(job_id)
+    assert recognition_job_process(job_id=job_id, context=context) == "done"
+    assert context.jobs.get(job_id) == before
+
+
+def test_an_undecodable_image_fails_its_job_with_a_code(context: WorkerContext) -> None:
+    job_id = queue_job(context, b"\x89PNG\r\n\x1a\n broken")
+    assert recognition_job_process(job_id=job_id, context=context) == "failed"
+    record = context.jobs.get(job_id)
+    assert (record["status"], record["error_code"]) == ("failed", "image_decode_failed")
+
+
+def test_a_missing_image_fails_its_job_with_a_code(context: WorkerContext) -> None:
+    job_id = queue_job(context, png((1, 2, 3)))
+    context.images.delete(job_id)
+    recognition_job_process(job_id=job_id, context=context)
+    assert context.jobs.get(job_id)["error_code"] == "image_unavailable"
+
+
+def test_a_job_past_its_delivery_limit_is_failed_not_run_again(context: WorkerContext) -> None:
+    job_id = queue_job(context, png((1, 2, 3)))
+    for _ in range(2):  # two deliveries that "crashed" after claiming
+        context.jobs.claim(job_id, worker="lost", max_deliveries=2)
+    assert recognition_job_process(job_id=job_id, context=context) == "failed"
+    assert context.jobs.get(job_id)["error_code"] == "delivery_limit_exceeded"
+
+
+def test_an_expired_job_is_skipped(context: WorkerContext) -> None:
+    assert recognition_job_process(job_id="f" * 32, context=context) == "missing"
+
+
+def test_a_redis_outage_is_transient_so_the_message_is_redelivered(context: WorkerContext) -> None:
+    context.jobs = JobStore(redis.Redis(port=1, socket_connect_timeout=0.2), "x:", 60)
+    with pytest.raises(TransientError):
+        recognition_job_process(job_id="a" * 32, context=context)
