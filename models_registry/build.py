@@ -32,7 +32,8 @@ def build_volume(
     *,
     runtime: str,
     populate: Callable[[Path], dict[str, Any]],
-    evaluate: Callable[[ModelVolume], list[dict[str, Any]]] | None = None,
+    evaluate: Callable[[ModelVolume, Any], list[dict[str, Any]]] | None = None,
+    golden: Callable[[], list[tuple[str, bytes]]] | None = None,
     description: str = "",
 ) -> ModelVolume:
     final = version_dir(root, name, version)
@@ -58,13 +59,25 @@ def build_volume(
         framework = extra.pop("framework", {})
         manifest.update(extra)
         manifest["framework"].update(framework)
+        runtime = None
+        if golden is not None or evaluate is not None:
+            from workers.runtime import runtime_for
+
+            runtime = runtime_for(ModelVolume(staging, {**manifest, "files": []}))
+            runtime.load()
+        if golden is not None:
+            from models_registry.golden import write_golden
+
+            write_golden(staging, runtime, golden())
         files = [p for p in staging.rglob("*") if p.is_file()]
         manifest["files"] = file_entries(staging, files)
         manifest.setdefault("evaluation", [])
         _write_manifest(staging, manifest)
         if evaluate is not None:
-            manifest["evaluation"] = evaluate(ModelVolume(staging, manifest))
+            manifest["evaluation"] = evaluate(ModelVolume(staging, manifest), runtime)
             _write_manifest(staging, manifest)
+        if runtime is not None:
+            runtime.unload()
         _make_read_only(staging)
         os.rename(staging, final)
     except BaseException:
@@ -173,18 +186,21 @@ def populate_reference(directory: Path) -> dict[str, Any]:
 
 def build_reference(root: Path, version: str = "1", *, name: str = "reference", evaluate: bool = True,
                     eval_count: int = 200) -> ModelVolume:
+    from models_registry.golden import golden_photos
+
     evaluator = None
     if evaluate:
         from models_registry.evaluate import evaluate_volume
 
-        def evaluator(volume: ModelVolume) -> list[dict[str, Any]]:
-            return evaluate_volume(volume, count=eval_count)
+        def evaluator(volume: ModelVolume, runtime: Any) -> list[dict[str, Any]]:
+            return evaluate_volume(volume, count=eval_count, runtime=runtime)
 
     return build_volume(
         root, name, version,
         runtime="reference",
         populate=populate_reference,
         evaluate=evaluator,
+        golden=golden_photos,
         description="Reference model: EfficientNet-Lite0 category, OCR brand, CIELAB color, composed name.",
     )
 
@@ -201,4 +217,15 @@ def build_null(root: Path, version: str, *, name: str = "reference", delay_ms: f
         }
 
     return build_volume(root, name, version, runtime="null", populate=populate,
+                        golden=lambda: [("gray.png", _gray_png())],
                         description="Null model for overhead measurements and plumbing tests.")
+
+
+def _gray_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, "PNG")
+    return buffer.getvalue()

@@ -83,6 +83,11 @@ class ModelVolume:
     def total_bytes(self) -> int:
         return sum(int(f["size"]) for f in self.manifest["files"])
 
+    @property
+    def manifest_sha256(self) -> str:
+        """Identifies exactly this volume: the manifest pins every file's sha256."""
+        return sha256_file(self.path / MANIFEST)
+
     def file(self, relative: str) -> Path:
         return self.path / relative
 

@@ -34,6 +34,7 @@ _context: WorkerContext | None = None
 _stop = threading.Event()
 _heartbeat_thread: threading.Thread | None = None
 _IMAGE_SWEEP_SECONDS = 300
+_manifest_sha256 = ""
 
 
 def context() -> WorkerContext:
@@ -44,11 +45,12 @@ def context() -> WorkerContext:
 
 def load(version: str | None = None) -> WorkerContext:
     """Open the volume, load the model, warm it up. Called once per process."""
-    global _context
+    global _context, _manifest_sha256
     version = version or settings.WORKER_MODEL_VERSION
     path = version_dir(settings.MODEL_ROOT, settings.MODEL_NAME, version)
     started = time.perf_counter()
     volume = ModelVolume.open(path)
+    _manifest_sha256 = volume.manifest_sha256
     runtime = runtime_for(volume)
     runtime.load()
     load_s = time.perf_counter() - started
@@ -107,7 +109,8 @@ def _beat() -> None:
         version=ctx.model_version,
         worker_id=ctx.worker_id,
         ttl_seconds=settings.WORKER_HEARTBEAT_SECONDS * 3,
-        info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname()},
+        info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
+              "manifest_sha256": _manifest_sha256},
     )
     Path(settings.WORKER_READY_FILE).parent.mkdir(parents=True, exist_ok=True)
     Path(settings.WORKER_READY_FILE).write_text(f"{time.time()}\n")

@@ -1,0 +1,205 @@
+"""Which model version serves new jobs: the rollout state in Redis.
+
+State (one hash, ``<prefix>rollout``): ``active``, ``previous``, ``canary``,
+``canary_weight``, ``updated_by``, ``updated_at``. The API reads it atomically
+with each job's creation (``common.jobstore``); only these functions change it.
+
+Guarantees: a version becomes active (or canary) only when it has ready workers,
+every one of which loaded exactly the volume that ``verify`` passed (same
+manifest sha256). ``force=True`` skips the checks and is recorded as forced.
+Every change is appended to ``<prefix>rollout:history``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from common.heartbeat import ready_workers, worker_key
+
+
+class RolloutRefused(Exception):
+    """The change would route jobs to a version that cannot serve them."""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    active: str | None
+    previous: str | None
+    canary: str | None
+    canary_weight: float
+    updated_by: str | None
+    updated_at: float | None
+
+
+def _key(prefix: str) -> str:
+    return f"{prefix}rollout"
+
+
+def _history_key(prefix: str) -> str:
+    return f"{prefix}rollout:history"
+
+
+def verified_key(prefix: str, version: str) -> str:
+    return f"{prefix}verified:{version}"
+
+
+def actor() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def rollout_state(client: redis.Redis, *, prefix: str, default_version: str | None = None) -> RolloutState:
+    raw = {k.decode(): v.decode() for k, v in client.hgetall(_key(prefix)).items()}
+    return RolloutState(
+        active=raw.get("active") or default_version,
+        previous=raw.get("previous") or None,
+        canary=raw.get("canary") or None,
+        canary_weight=float(raw.get("canary_weight") or 0.0),
+        updated_by=raw.get("updated_by"),
+        updated_at=float(raw["updated_at"]) if raw.get("updated_at") else None,
+    )
+
+
+def worker_details(client: redis.Redis, *, prefix: str, version: str) -> list[dict[str, Any]]:
+    details = []
+    for worker_id in ready_workers(client, prefix=prefix, version=version):
+        raw = client.get(worker_key(prefix, worker_id))
+        if raw:
+            details.append({"id": worker_id, **json.loads(raw)})
+    return details
+
+
+def known_versions(client: redis.Redis, *, prefix: str) -> list[str]:
+    versions = set()
+    for key in client.scan_iter(match=f"{prefix}workers:*", count=500):
+        versions.add(key.decode()[len(f"{prefix}workers:"):])
+    return sorted(versions)
+
+
+def record_verification(client: redis.Redis, *, prefix: str, version: str, manifest_sha256: str) -> None:
+    client.hset(verified_key(prefix, version), mapping={
+        "manifest_sha256": manifest_sha256, "verified_at": repr(time.time()), "verified_by": actor()})
+
+
+def check_servable(client: redis.Redis, *, prefix: str, version: str) -> list[str]:
+    """Why ``version`` cannot take traffic; empty when it can."""
+    problems = []
+    workers = worker_details(client, prefix=prefix, version=version)
+    if not workers:
+        problems.append(f"version {version} has no ready workers (start them and wait for their heartbeat)")
+    raw = client.hgetall(verified_key(prefix, version))
+    verified = raw.get(b"manifest_sha256", b"").decode()
+    if not verified:
+        problems.append(f"version {version} has not passed `verify` (run: python -m models_registry verify {version})")
+    else:
+        loaded = {w.get("manifest_sha256") for w in workers}
+        stale = sorted(w["id"] for w in workers if w.get("manifest_sha256") != verified)
+        if workers and loaded != {verified}:
+            problems.append(
+                f"workers {', '.join(stale)} loaded a volume of version {version} whose manifest "
+                "differs from the one that passed verification"
+            )
+    return problems
+
+
+def _change(client: redis.Redis, *, prefix: str, event: dict[str, Any], update) -> RolloutState:  # type: ignore[no-untyped-def]
+    """Apply ``update(current) -> dict`` atomically (optimistic WATCH/MULTI)."""
+    key = _key(prefix)
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                current = {k.decode(): v.decode() for k, v in pipe.hgetall(key).items()}
+                changes = update(current)
+                pipe.multi()
+                changes.update({"updated_by": event["by"], "updated_at": repr(event["at"])})
+                for field, value in changes.items():
+                    if value is None:
+                        pipe.hdel(key, field)
+                    else:
+                        pipe.hset(key, field, value)
+                pipe.lpush(_history_key(prefix), json.dumps({**event, "before": current}))
+                pipe.ltrim(_history_key(prefix), 0, 199)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    return rollout_state(client, prefix=prefix)
+
+
+def model_version_promote(
+    client: redis.Redis, *, prefix: str, version: str, default_version: str | None = None,
+    force: bool = False, by: str | None = None,
+) -> RolloutState:
+    problems = check_servable(client, prefix=prefix, version=version)
+    if problems and not force:
+        raise RolloutRefused("; ".join(problems))
+    event = {"action": "promote", "version": version, "forced": bool(problems), "problems": problems,
+             "by": by or actor(), "at": time.time()}
+
+    def update(current: dict[str, str]) -> dict[str, Any]:
+        active = current.get("active") or default_version
+        if active == version:
+            return {}
+        changes: dict[str, Any] = {"active": version, "previous": active}
+        if current.get("canary") == version:
+            changes.update(canary=None, canary_weight=None)
+        return changes
+
+    return _change(client, prefix=prefix, event=event, update=update)
+
+
+def model_version_rollback(
+    client: redis.Redis, *, prefix: str, default_version: str | None = None, force: bool = False,
+    by: str | None = None,
+) -> RolloutState:
+    state = rollout_state(client, prefix=prefix, default_version=default_version)
+    if not state.previous:
+        raise RolloutRefused("there is no previous version to roll back to")
+    problems = check_servable(client, prefix=prefix, version=state.previous)
+    if problems and not force:
+        raise RolloutRefused("; ".join(problems))
+    event = {"action": "rollback", "version": state.previous, "forced": bool(problems),
+             "problems": problems, "by": by or actor(), "at": time.time()}
+
+    def update(current: dict[str, str]) -> dict[str, Any]:
+        if current.get("previous") != state.previous:
+            raise RolloutRefused("the rollout state changed meanwhile; look at `status` and retry")
+        return {"active": state.previous, "previous": current.get("active") or default_version}
+
+    return _change(client, prefix=prefix, event=event, update=update)
+
+
+def model_version_canary(
+    client: redis.Redis, *, prefix: str, version: str | None, weight: float = 0.0,
+    force: bool = False, by: str | None = None,
+) -> RolloutState:
+    """Send ``weight`` (0..1) of new jobs to ``version``; ``version=None`` turns the canary off."""
+    if version is None:
+        event = {"action": "canary-off", "by": by or actor(), "at": time.time()}
+        return _change(client, prefix=prefix, event=event,
+                       update=lambda current: {"canary": None, "canary_weight": None})
+    if not 0.0 < weight < 1.0:
+        raise RolloutRefused("the canary weight must be between 0 and 1 (exclusive)")
+    problems = check_servable(client, prefix=prefix, version=version)
+    if problems and not force:
+        raise RolloutRefused("; ".join(problems))
+    event = {"action": "canary", "version": version, "weight": weight, "forced": bool(problems),
+             "problems": problems, "by": by or actor(), "at": time.time()}
+    return _change(client, prefix=prefix, event=event,
+                   update=lambda current: {"canary": version, "canary_weight": repr(weight)})
+
+
+def rollout_history(client: redis.Redis, *, prefix: str, limit: int = 20) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in client.lrange(_history_key(prefix), 0, limit - 1)]
+
+
+def queue_depth(client: redis.Redis, version: str) -> int:
+    return int(client.llen(f"recognize.{version}"))
+
