@@ -150,9 +150,45 @@ def withdraw() -> None:
         logger.warning("could not withdraw heartbeat: %s", exc)
 
 
+def hand_off_queue() -> int:
+    """Move this version's leftover messages to the active version's queue.
+
+    Runs when a worker has drained and stopped. If it was the last ready worker of
+    a version that no longer receives new jobs (after a promote or rollback),
+    messages still on its queue would wait forever for a consumer; they move to
+    the queue of the version that is active now and are computed there (the job
+    records the version that computed it). Returns how many moved.
+    """
+    from models_registry.rollout import rollout_state
+
+    ctx = _context
+    if ctx is None:
+        return 0
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=settings.REDIS_SOCKET_TIMEOUT)
+    version = ctx.model_version
+    state = rollout_state(client, prefix=settings.REDIS_KEY_PREFIX, default_version=settings.DEFAULT_MODEL_VERSION)
+    if version in (state.active, state.canary) or not state.active:
+        return 0
+    if heartbeat.ready_workers(client, prefix=settings.REDIS_KEY_PREFIX, version=version):
+        return 0  # other workers of this version are still draining it
+    source, target = f"recognize.{version}", f"recognize.{state.active}"
+    moved = 0
+    # Newest first onto the consuming end: the handed-off jobs keep their order and go
+    # ahead of the jobs already waiting there (they have waited longer).
+    while client.lmove(source, target, "LEFT", "RIGHT") is not None:
+        moved += 1
+    if moved:
+        logger.warning("handed off queued jobs", extra={"count": moved, "from": source, "to": target})
+    return moved
+
+
 def unload() -> None:
     global _context
     withdraw()
+    try:
+        hand_off_queue()
+    except Exception as exc:
+        logger.warning("could not hand off the queue: %s", exc)
     if _context is not None:
         _context.batcher.stop(timeout=30)
         _context.runtime.unload()
