@@ -184,8 +184,57 @@ def populate_reference(directory: Path) -> dict[str, Any]:
     }
 
 
+HEAD_TRAIN_COUNT = 400
+HEAD_TRAIN_SEED = 7
+HEAD_BLEND = 0.5
+
+
+def populate_reference_v2(directory: Path) -> dict[str, Any]:
+    """v1 plus a category head trained on the synthetic TRAIN split's embeddings.
+
+    The head is multinomial logistic regression on the backbone's 1280-d embedding;
+    at run time its probabilities are blended with the ImageNet-mapped ones. It
+    learns what the synthetic items look like, so it helps on photos like those
+    and can hurt elsewhere; both evaluation sets in the manifest show which.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+    from sklearn.linear_model import LogisticRegression
+
+    from common.imaging import decode_rgb
+    from models_registry.synthetic import generate
+    from workers.runtime import tensorflow_backend as tfb
+    from workers.runtime.reference import center_square
+
+    extra = populate_reference(directory)
+    backbone = tfb.KerasBackbone()
+    backbone.load(directory / "backbone")
+    samples = list(generate("train", HEAD_TRAIN_COUNT, seed=HEAD_TRAIN_SEED))
+    inputs = np.stack([center_square(decode_rgb(s.jpeg, max_side=1024), 224) for s in samples])
+    embeddings = np.concatenate([backbone.predict(inputs[i:i + 32])[1] for i in range(0, len(inputs), 32)])
+    backbone.unload()
+    labels = [s.category for s in samples]
+    classifier = LogisticRegression(C=0.5, max_iter=2000)
+    classifier.fit(embeddings, labels)
+    head = directory / "head"
+    head.mkdir()
+    save_file({"weight": classifier.coef_.T.astype(np.float32).copy(),
+               "bias": classifier.intercept_.astype(np.float32).copy()}, str(head / "head.safetensors"))
+    (head / "classes.json").write_text(json.dumps([str(c) for c in classifier.classes_]) + "\n")
+    extra["category_head"] = {
+        "path": "head/",
+        "blend": HEAD_BLEND,
+        "what": "logistic regression on the 1280-d embedding; category = (1-blend) * ImageNet-mapped + blend * head",
+        "trained_on": f"synthetic-train split, {HEAD_TRAIN_COUNT} photos, seed {HEAD_TRAIN_SEED}",
+        "train_accuracy": round(float(classifier.score(embeddings, labels)), 4),
+    }
+    extra["thresholds"] = {**REFERENCE_THRESHOLDS, "category": 0.4, "name": 0.4}
+    return extra
+
+
 def build_reference(root: Path, version: str = "1", *, name: str = "reference", evaluate: bool = True,
-                    eval_count: int = 200) -> ModelVolume:
+                    eval_count: int = 200, variant: str | None = None) -> ModelVolume:
+    """Build reference variant ``variant`` ("v1" or "v2"; by default "v2" for version "2")."""
     from models_registry.golden import golden_photos
 
     evaluator = None
@@ -195,13 +244,20 @@ def build_reference(root: Path, version: str = "1", *, name: str = "reference", 
         def evaluator(volume: ModelVolume, runtime: Any) -> list[dict[str, Any]]:
             return evaluate_volume(volume, count=eval_count, runtime=runtime)
 
+    variant = variant or ("v2" if version == "2" else "v1")
+    if variant == "v2":
+        populate, description = populate_reference_v2, (
+            "Reference model v2: v1 plus a category head trained on the synthetic train split.")
+    else:
+        populate, description = populate_reference, (
+            "Reference model: EfficientNet-Lite0 category, OCR brand, CIELAB color, composed name.")
     return build_volume(
         root, name, version,
         runtime="reference",
-        populate=populate_reference,
+        populate=lambda directory: {**populate(directory), "variant": variant},
         evaluate=evaluator,
         golden=golden_photos,
-        description="Reference model: EfficientNet-Lite0 category, OCR brand, CIELAB color, composed name.",
+        description=description,
     )
 
 

@@ -47,9 +47,12 @@ def cli() -> None:
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="measure the volume on the synthetic test split and bundled photos")
 @click.option("--eval-count", default=200, show_default=True, help="synthetic test photos to evaluate on")
+@click.option("--variant", type=click.Choice(["v1", "v2"]),
+              help="reference variant: v1 (ImageNet-mapped categories) or v2 (+ a head trained on the "
+                   "synthetic train split); default v2 for version 2, else v1")
 @click.option("--if-missing", is_flag=True, help="succeed without building when the version exists")
 def build(version: str, name: str, root: str | None, kind: str, evaluate: bool, eval_count: int,
-          if_missing: bool) -> None:
+          variant: str | None, if_missing: bool) -> None:
     """Build a model volume. Refuses to overwrite an existing version."""
     from models_registry.build import build_null, build_reference
 
@@ -60,7 +63,8 @@ def build(version: str, name: str, root: str | None, kind: str, evaluate: bool, 
     click.echo(f"building {kind} model {name}/{version} in {target} ...")
     try:
         if kind == "reference":
-            volume = build_reference(_root(root), version, name=name, evaluate=evaluate, eval_count=eval_count)
+            volume = build_reference(_root(root), version, name=name, evaluate=evaluate,
+                                     eval_count=eval_count, variant=variant)
         else:
             volume = build_null(_root(root), version, name=name)
     except VolumeError as exc:

@@ -61,6 +61,17 @@ class ReferenceRuntime:
             if line.strip() and not line.startswith("#")
         ]
         self._brands = BrandReader(self.volume.file("ocr"), brands)
+        self._head = None
+        head = self.volume.manifest.get("category_head")
+        if head:
+            from safetensors.numpy import load_file
+
+            weights = load_file(str(self.volume.file(head["path"]) / "head.safetensors"))
+            classes = json.loads((self.volume.file(head["path"]) / "classes.json").read_text())
+            # Columns of the head, re-ordered onto the taxonomy's categories.
+            placement = np.zeros((len(classes), len(self.categories)), dtype=np.float32)
+            placement[np.arange(len(classes)), [self.categories.index(c) for c in classes]] = 1.0
+            self._head = (weights["weight"], weights["bias"], placement, float(head["blend"]))
         backbone = KerasBackbone()
         backbone.load(self.volume.file("backbone"))
         self._backbone = backbone
@@ -80,8 +91,15 @@ class ReferenceRuntime:
         )
 
     def predict(self, batch: list[Prepared]) -> list[dict[str, Any]]:
-        probs, _embedding = self._backbone.predict(np.stack([p.model_input for p in batch]))
+        probs, embedding = self._backbone.predict(np.stack([p.model_input for p in batch]))
         category_probs = probs @ self.category_matrix
+        if self._head is not None:
+            weight, bias, placement, blend = self._head
+            logits = embedding @ weight + bias
+            logits -= logits.max(axis=1, keepdims=True)
+            head_probs = np.exp(logits)
+            head_probs /= head_probs.sum(axis=1, keepdims=True)
+            category_probs = (1 - blend) * category_probs + blend * (head_probs @ placement)
         return [self._compose(p, probs[i], category_probs[i]) for i, p in enumerate(batch)]
 
     def _compose(self, prepared: Prepared, probs: np.ndarray, category_probs: np.ndarray) -> dict[str, Any]:
