@@ -22,7 +22,7 @@ from typing import Any
 from models_registry.volume import MANIFEST, SCHEMA, ModelVolume, VolumeError, file_entries, version_dir
 
 DATA = Path(__file__).resolve().parent / "data"
-REFERENCE_THRESHOLDS = {"category": 0.35, "brand": 0.6, "color": 0.3, "name": 0.35}
+REFERENCE_THRESHOLDS = {"category": 0.35, "brand": 0.75, "color": 0.3, "name": 0.35}
 
 
 def build_volume(
