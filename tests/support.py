@@ -122,24 +122,22 @@ class Stack:
         return process
 
     def wait_worker_ready(self, process: Process, version: str, timeout: float = 180) -> None:
+        """Until this worker process (by pid: the start script execs Celery) heartbeats as ready."""
         import redis
 
         from common.heartbeat import ready_workers
 
         client = redis.Redis.from_url(self.redis_url)
-        before = set(ready_workers(client, prefix=self.env["REDIS_KEY_PREFIX"], version=version))
-
-        def ready() -> bool:
+        suffix = f":{process.popen.pid}"
+        deadline = time.monotonic() + timeout
+        while not any(w.endswith(suffix) for w in
+                      ready_workers(client, prefix=self.env["REDIS_KEY_PREFIX"], version=version)):
             if not process.alive():
                 raise AssertionError(f"{process.name} exited:\n{process.output()[-4000:]}")
-            now = set(ready_workers(client, prefix=self.env["REDIS_KEY_PREFIX"], version=version))
-            return bool(now - before) or (bool(now) and not before)
-
-        deadline = time.monotonic() + timeout
-        while not ready():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{process.name} not ready:\n{process.output()[-4000:]}")
             time.sleep(0.2)
+        client.close()
 
     def client(self, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
         return httpx.Client(

@@ -111,3 +111,19 @@ def test_finishing_many_jobs_takes_one_round_trip(store: JobStore) -> None:
     finishes.append((ids[4], failed_fields("image_decode_failed", "bad")))
     assert store.finish_many(finishes) == [True] * 5
     assert [store.get(i)["status"] for i in ids] == ["succeeded"] * 4 + ["failed"]
+
+
+def test_a_canary_at_weight_0_2_gets_a_fifth_of_new_jobs(store: JobStore) -> None:
+    """2000 jobs routed by the real script with seeded draws: within 4 standard deviations."""
+    import random
+
+    store.client.hset(store.rollout_key, mapping={"active": "1", "canary": "2", "canary_weight": "0.2"})
+    draws = random.Random(20261129)
+    n = 2000
+    canary = sum(
+        store.create(job_id=store.new_id(), fields={}, default_version="1", max_queue_depth=0,
+                     canary_draw=draws.random()).version == "2"
+        for _ in range(n)
+    )
+    sd = (n * 0.2 * 0.8) ** 0.5
+    assert abs(canary - 0.2 * n) <= 4 * sd, canary
