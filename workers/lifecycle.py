@@ -23,6 +23,7 @@ from django.conf import settings
 from common import heartbeat
 from common.imagestore import image_store_from_url
 from common.jobstore import JobStore
+from common.metrics import statsd, version_tags
 from models_registry.volume import ModelVolume, version_dir
 from workers.batching import Batcher
 from workers.runtime import runtime_for
@@ -35,6 +36,7 @@ _stop = threading.Event()
 _heartbeat_thread: threading.Thread | None = None
 _IMAGE_SWEEP_SECONDS = 300
 _manifest_sha256 = ""
+_load_seconds = 0.0
 
 
 def context() -> WorkerContext:
@@ -45,7 +47,7 @@ def context() -> WorkerContext:
 
 def load(version: str | None = None) -> WorkerContext:
     """Open the volume, load the model, warm it up. Called once per process."""
-    global _context, _manifest_sha256
+    global _context, _manifest_sha256, _load_seconds
     version = version or settings.WORKER_MODEL_VERSION
     path = version_dir(settings.MODEL_ROOT, settings.MODEL_NAME, version)
     started = time.perf_counter()
@@ -54,7 +56,14 @@ def load(version: str | None = None) -> WorkerContext:
     runtime = runtime_for(volume)
     runtime.load()
     load_s = time.perf_counter() - started
+    _load_seconds = load_s
     warm = _warm_up(runtime)
+    tags = version_tags(volume.version, f"recognize.{volume.version}")
+
+    def on_batch(size: int, inference_ms: float) -> None:
+        statsd().distribution("worker.batch_size", size, tags=tags)
+        statsd().distribution("worker.inference_time", inference_ms, tags=tags)
+
     client = redis.Redis.from_url(
         settings.REDIS_URL,
         socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
@@ -65,6 +74,7 @@ def load(version: str | None = None) -> WorkerContext:
         runtime.predict,
         max_batch=settings.BATCH_MAX_SIZE,
         max_wait_s=settings.BATCH_MAX_WAIT_MS / 1000,
+        on_batch=on_batch,
     )
     batcher.start()
     _context = WorkerContext(
@@ -114,6 +124,13 @@ def _beat() -> None:
     )
     Path(settings.WORKER_READY_FILE).parent.mkdir(parents=True, exist_ok=True)
     Path(settings.WORKER_READY_FILE).write_text(f"{time.time()}\n")
+    queue = f"recognize.{ctx.model_version}"
+    tags = version_tags(ctx.model_version, queue)
+    client = statsd()
+    client.gauge("worker.model_load_time", _load_seconds, tags=tags)
+    client.gauge("queue.depth", ctx.jobs.client.llen(queue), tags=tags)
+    ready = heartbeat.ready_workers(ctx.jobs.client, prefix=settings.REDIS_KEY_PREFIX, version=ctx.model_version)
+    client.gauge("workers.ready", len(ready), tags=tags[:1])
 
 
 def _heartbeat_loop() -> None:

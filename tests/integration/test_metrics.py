@@ -1,0 +1,101 @@
+"""Metrics reach a DogStatsD agent: a real UDP socket receives them from the API and a worker."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models_registry.build import build_null
+from tests.conftest import encode, solid
+from tests.support import Stack, stack_env, start_redis
+
+
+class Agent:
+    """A stand-in for the Datadog agent: collects DogStatsD datagrams from a UDP socket."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.lines += data.decode().splitlines()
+
+    def metric(self, name: str) -> list[tuple[str, str, set[str]]]:
+        found = []
+        for line in list(self.lines):
+            head, _, rest = line.partition("|")
+            metric, _, value = head.partition(":")
+            if metric == name:
+                kind, *extra = rest.split("|")
+                tags = next((set(e[1:].split(",")) for e in extra if e.startswith("#")), set())
+                found.append((value, kind, tags))
+        return found
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    running = Agent()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def metered_stack(tmp_path: Path, agent: Agent) -> Iterator[Stack]:
+    build_null(tmp_path / "models", "n1")
+    redis_process, url = start_redis(tmp_path)
+    env, key = stack_env(tmp_path, url, model_root=tmp_path / "models", default_version="n1",
+                         DD_AGENT_HOST="127.0.0.1", DD_DOGSTATSD_PORT=str(agent.port), DD_ENV="test")
+    stack = Stack(tmp_path, env, key, url)
+    try:
+        stack.start_api()
+        worker = stack.start_worker("n1")
+        stack.wait_worker_ready(worker, "n1")
+        yield stack
+    finally:
+        stack.stop()
+        redis_process.kill()
+
+
+def test_the_api_and_worker_send_their_metrics_tagged_by_version(metered_stack: Stack, agent: Agent) -> None:
+    with metered_stack.client() as client:
+        ok = client.post("/recognize?wait=10", files={"image": ("a.png", encode(solid((200, 10, 10)), "PNG"), "image/png")})
+        bad = client.post("/recognize", files={"image": ("a.png", b"nope", "image/png")})
+    assert (ok.status_code, bad.status_code) == (200, 415)
+    deadline = time.monotonic() + 10
+    wanted = ["recognition.api.request", "recognition.api.latency", "recognition.job.queue_wait",
+              "recognition.job.completed", "recognition.worker.batch_size", "recognition.worker.inference_time",
+              "recognition.worker.model_load_time", "recognition.queue.depth", "recognition.workers.ready"]
+    while time.monotonic() < deadline and not all(agent.metric(m) for m in wanted):
+        time.sleep(0.2)
+    missing = [m for m in wanted if not agent.metric(m)]
+    assert not missing, f"never received {missing}; got {agent.lines[:20]}"
+
+    requests = agent.metric("recognition.api.request")
+    assert any({"endpoint:recognize", "status_class:2xx", "model_version:n1", "env:test"} <= tags
+               for _, kind, tags in requests if kind == "c")
+    assert any({"endpoint:recognize", "status_class:4xx"} <= tags for _, _, tags in requests)
+    completed = agent.metric("recognition.job.completed")
+    assert any({"status:succeeded", "model_version:n1", "queue:recognize.n1"} <= tags for _, _, tags in completed)
+    assert all(kind == "d" for _, kind, _ in agent.metric("recognition.api.latency"))
+    assert any(float(v) >= 1 for v, _, _ in agent.metric("recognition.workers.ready"))
