@@ -82,20 +82,30 @@ def test_the_api_and_worker_send_their_metrics_tagged_by_version(metered_stack: 
         ok = client.post("/recognize?wait=10", files={"image": ("a.png", encode(solid((200, 10, 10)), "PNG"), "image/png")})
         bad = client.post("/recognize", files={"image": ("a.png", b"nope", "image/png")})
     assert (ok.status_code, bad.status_code) == (200, 415)
-    deadline = time.monotonic() + 10
     wanted = ["recognition.api.request", "recognition.api.latency", "recognition.job.queue_wait",
               "recognition.job.completed", "recognition.worker.batch_size", "recognition.worker.inference_time",
               "recognition.worker.model_load_time", "recognition.queue.depth", "recognition.workers.ready"]
-    while time.monotonic() < deadline and not all(agent.metric(m) for m in wanted):
+
+    def ok_request() -> bool:
+        return any({"endpoint:recognize", "status_class:2xx", "model_version:n1", "env:test"} <= tags
+                   for _, kind, tags in agent.metric("recognition.api.request") if kind == "c")
+
+    def rejected_request() -> bool:
+        return any({"endpoint:recognize", "status_class:4xx"} <= tags
+                   for _, _, tags in agent.metric("recognition.api.request"))
+
+    def completed() -> bool:
+        return any({"status:succeeded", "model_version:n1", "queue:recognize.n1"} <= tags
+                   for _, _, tags in agent.metric("recognition.job.completed"))
+
+    checks = [ok_request, rejected_request, completed]
+    # Datagrams arrive in flushes (every 0.3 s) from three processes: wait for all of them.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (all(agent.metric(m) for m in wanted) and all(c() for c in checks)):
         time.sleep(0.2)
     missing = [m for m in wanted if not agent.metric(m)]
     assert not missing, f"never received {missing}; got {agent.lines[:20]}"
-
-    requests = agent.metric("recognition.api.request")
-    assert any({"endpoint:recognize", "status_class:2xx", "model_version:n1", "env:test"} <= tags
-               for _, kind, tags in requests if kind == "c")
-    assert any({"endpoint:recognize", "status_class:4xx"} <= tags for _, _, tags in requests)
-    completed = agent.metric("recognition.job.completed")
-    assert any({"status:succeeded", "model_version:n1", "queue:recognize.n1"} <= tags for _, _, tags in completed)
+    for check in checks:
+        assert check(), (check.__name__, agent.lines)
     assert all(kind == "d" for _, kind, _ in agent.metric("recognition.api.latency"))
     assert any(float(v) >= 1 for v, _, _ in agent.metric("recognition.workers.ready"))
