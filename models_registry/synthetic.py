@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from workers.runtime.color import NAMED_COLORS, lab_to_srgb, nearest_colors, srgb_to_lab
+from models_registry import taxonomy
 
 BRANDS_FILE = Path(__file__).with_name("data") / "brands.txt"
 
@@ -807,24 +808,8 @@ ITEMS: dict[str, tuple[str, Drawer]] = {
     "box": ("other", _box),
 }
 
-CATEGORIES = (
-    "tops",
-    "bottoms",
-    "shoes",
-    "bags",
-    "accessories",
-    "watches",
-    "electronics",
-    "phones",
-    "cameras",
-    "kitchen_tableware",
-    "home",
-    "toys",
-    "books",
-    "sports",
-    "musical_instruments",
-    "other",
-)
+# The marketplace categories the generator draws items of, in taxonomy order.
+CATEGORIES = tuple(c for c in taxonomy.CATEGORIES if c in {cat for cat, _ in ITEMS.values()})
 
 
 def _draw_item(
