@@ -47,30 +47,28 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        value = default
-    else:
-        try:
-            value = int(raw.strip())
-        except ValueError as exc:
-            raise ConfigurationError(f"{name}={raw!r} is not an integer") from exc
-    _check_range(name, value, minimum, maximum)
-    return value
+    return _env_number(name, default, int, "an integer", minimum, maximum)
 
 
 def env_float(
     name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
 ) -> float:
+    return _env_number(name, default, float, "a number", minimum, maximum)
+
+
+def _env_number(name, default, cast, kind, minimum, maximum):  # type: ignore[no-untyped-def]
     raw = os.environ.get(name)
     if raw is None or raw == "":
         value = default
     else:
         try:
-            value = float(raw.strip())
+            value = cast(raw.strip())
         except ValueError as exc:
-            raise ConfigurationError(f"{name}={raw!r} is not a number") from exc
-    _check_range(name, value, minimum, maximum)
+            raise ConfigurationError(f"{name}={raw!r} is not {kind}") from exc
+    if minimum is not None and value < minimum:
+        raise ConfigurationError(f"{name}={value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name}={value} is above the maximum {maximum}")
     return value
 
 
@@ -80,9 +78,3 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
 
-
-def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
-    if minimum is not None and value < minimum:
-        raise ConfigurationError(f"{name}={value} is below the minimum {minimum}")
-    if maximum is not None and value > maximum:
-        raise ConfigurationError(f"{name}={value} is above the maximum {maximum}")
