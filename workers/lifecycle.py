@@ -112,6 +112,10 @@ def mark_ready() -> None:
 
 
 def _beat() -> None:
+    # The file first: it is the Kubernetes liveness/readiness signal of this process,
+    # and a Redis outage must not get a healthy worker (and its model load) restarted.
+    Path(settings.WORKER_READY_FILE).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.WORKER_READY_FILE).write_text(f"{time.time()}\n")
     ctx = context()
     heartbeat.beat(
         ctx.jobs.client,
@@ -122,8 +126,6 @@ def _beat() -> None:
         info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
               "manifest_sha256": _manifest_sha256},
     )
-    Path(settings.WORKER_READY_FILE).parent.mkdir(parents=True, exist_ok=True)
-    Path(settings.WORKER_READY_FILE).write_text(f"{time.time()}\n")
     queue = f"recognize.{ctx.model_version}"
     tags = version_tags(ctx.model_version, queue)
     client = statsd()
