@@ -41,27 +41,63 @@ local queue = ARGV[5] .. version
 local depth = redis.call('LLEN', queue)
 local limit = tonumber(ARGV[3])
 if limit > 0 and depth >= limit then return {'full', version, tostring(depth)} end
-redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 6))
+redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 return {'ok', version, queue}
 """
 
 _CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[5])
+  return {'missing'}
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'succeeded' or status == 'failed' then return {'done'} end
+if status == 'running' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') or 0
+  if lease > tonumber(ARGV[1]) then return {'busy'} end
+end
 local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 if n > tonumber(ARGV[3]) then return {'exhausted', tostring(n)} end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2])
+local lease_until = tonumber(ARGV[1]) + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2],
+           'lease_until', tostring(lease_until))
+redis.call('ZADD', KEYS[2], lease_until, ARGV[5])
 return {'claimed', redis.call('HGETALL', KEYS[1])}
+"""
+
+# Jobs whose deadline passed without a finish: their message may be gone (a worker
+# killed between taking a message and recording it), so they are sent again. Each
+# returned job gets a new deadline, so concurrent reapers never both take it.
+_REAP = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(due) do
+  local key = ARGV[4] .. id
+  local fields = redis.call('HMGET', key, 'status', 'model_version', 'request_id')
+  if not fields[1] or fields[1] == 'succeeded' or fields[1] == 'failed' then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+    table.insert(out, id)
+    table.insert(out, fields[2] or '')
+    table.insert(out, fields[3] or '')
+  end
+end
+return out
 """
 
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 0 end
+if not status then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  return 0
+end
 if status == 'succeeded' or status == 'failed' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
@@ -87,11 +123,15 @@ class JobStore:
     client: redis.Redis
     prefix: str = "recog:"
     ttl_seconds: int = 86400
+    # How long a job may go without finishing (queued, or running on one worker) before
+    # it is delivered again; keep it near the broker's visibility timeout.
+    lease_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         self._create = self.client.register_script(_CREATE)
         self._claim = self.client.register_script(_CLAIM)
         self._finish = self.client.register_script(_FINISH)
+        self._reap = self.client.register_script(_REAP)
 
     # --- keys -------------------------------------------------------------------------
 
@@ -100,6 +140,10 @@ class JobStore:
 
     def done_channel(self, job_id: str) -> str:
         return f"{self.prefix}done:{job_id}"
+
+    @property
+    def pending_key(self) -> str:
+        return f"{self.prefix}pending"
 
     @property
     def rollout_key(self) -> str:
@@ -131,13 +175,15 @@ class JobStore:
         for key, value in record.items():
             flat += [key, value]
         reply = self._create(
-            keys=[self.rollout_key, self.job_key(job_id)],
+            keys=[self.rollout_key, self.job_key(job_id), self.pending_key],
             args=[
                 default_version,
                 repr(canary_draw),
                 str(max_queue_depth),
                 str(self.ttl_seconds),
                 self.queue_prefix,
+                repr(now + self.lease_seconds),
+                job_id,
                 *flat,
             ],
         )
@@ -182,7 +228,8 @@ class JobStore:
 
     def claim(self, job_id: str, *, worker: str, max_deliveries: int) -> Claim:
         reply = self._claim(
-            keys=[self.job_key(job_id)], args=[repr(time.time()), worker, str(max_deliveries)]
+            keys=[self.job_key(job_id), self.pending_key],
+            args=[repr(time.time()), worker, str(max_deliveries), repr(self.lease_seconds), job_id],
         )
         outcome = _s(reply[0])
         if outcome == "claimed":
@@ -191,7 +238,15 @@ class JobStore:
             return Claim("claimed", record, int(record.get("deliveries", "1")))
         if outcome == "exhausted":
             return Claim("exhausted", deliveries=int(_s(reply[1])))
-        return Claim(outcome)
+        return Claim(outcome)  # "missing", "done" or "busy" (another worker holds its lease)
+
+    def reap(self, *, limit: int = 100) -> list[tuple[str, str, str]]:
+        """Overdue unfinished jobs as (job id, model version, request id), each given a new deadline."""
+        flat = [_s(x) for x in self._reap(
+            keys=[self.pending_key],
+            args=[repr(time.time()), repr(self.lease_seconds), str(limit), f"{self.prefix}job:"],
+        )]
+        return list(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
 
     def finish_many(self, finishes: list[tuple[str, dict[str, Any]]]) -> list[bool]:
         """Write terminal states for many jobs in one round trip; first write wins."""
@@ -202,8 +257,8 @@ class JobStore:
             for key, value in fields.items():
                 flat += [key, _to_str(value)]
             self._finish(
-                keys=[self.job_key(job_id)],
-                args=[str(self.ttl_seconds), self.done_channel(job_id), status, *flat],
+                keys=[self.job_key(job_id), self.pending_key],
+                args=[str(self.ttl_seconds), self.done_channel(job_id), status, job_id, *flat],
                 client=pipe,
             )
         return [bool(x) for x in pipe.execute()]

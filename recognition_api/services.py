@@ -39,7 +39,8 @@ def redis_client() -> redis.Redis:
 
 @lru_cache(maxsize=1)
 def job_store() -> JobStore:
-    return JobStore(redis_client(), settings.REDIS_KEY_PREFIX, settings.JOB_TTL_SECONDS)
+    return JobStore(redis_client(), settings.REDIS_KEY_PREFIX, settings.JOB_TTL_SECONDS,
+                    settings.JOB_LEASE_SECONDS)
 
 
 @lru_cache(maxsize=1)

@@ -98,12 +98,22 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # slowest batch (or a slow job would run twice) and low enough to recover quickly.
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
 BROKER_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
+# A job not finished this long after it was queued, or after a worker claimed it, is
+# sent again by the workers' reaper: the safety net under the broker's own redelivery
+# (kombu's Redis transport can lose a message whose worker dies between taking it and
+# recording it as unacknowledged). Below the visibility timeout, so the broker's
+# redelivery of a message finds the job's lease expired and runs it.
+JOB_LEASE_SECONDS = env_float("JOB_LEASE_SECONDS", BROKER_VISIBILITY_TIMEOUT * 0.9, minimum=1)
+REAPER_INTERVAL_SECONDS = env_float("REAPER_INTERVAL_SECONDS", 10.0, minimum=0.2)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
     # Look for messages of dead workers every few seconds (kombu's default scans
     # only every 10th 10-second tick); one ZRANGE per scan costs nothing.
     "unacked_restore_interval": env_float("BROKER_RESTORE_INTERVAL", 5.0, minimum=0.5),
     "unacked_restore_throttle": 1,
+    # The scan holds a lock in Redis; a worker killed while holding it would block every
+    # other worker's scan until the lock expires (kombu's default: 5 minutes).
+    "unacked_mutex_expire": env_int("BROKER_RESTORE_LOCK_SECONDS", 30, minimum=1),
     "socket_timeout": REDIS_SOCKET_TIMEOUT,
     "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
 }

@@ -81,7 +81,7 @@ def load(version: str | None = None) -> WorkerContext:
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
         runtime=runtime,
         batcher=batcher,
-        jobs=JobStore(client, settings.REDIS_KEY_PREFIX, settings.JOB_TTL_SECONDS),
+        jobs=JobStore(client, settings.REDIS_KEY_PREFIX, settings.JOB_TTL_SECONDS, settings.JOB_LEASE_SECONDS),
         images=image_store_from_url(settings.IMAGE_STORE_URL, s3_endpoint_url=settings.S3_ENDPOINT_URL),
         max_deliveries=settings.WORKER_MAX_DELIVERIES,
     )
@@ -135,13 +135,48 @@ def _beat() -> None:
     client.gauge("workers.ready", len(ready), tags=tags[:1])
 
 
+def reap_overdue_jobs() -> int:
+    """Send again the jobs whose deadline passed unfinished (one worker at a time does it).
+
+    A job goes back to its own version's queue while that version serves or has ready
+    workers, else to the active version's queue.
+    """
+    from models_registry.rollout import rollout_state
+    from workers.celery_app import app
+
+    ctx = context()
+    client = ctx.jobs.client
+    if not client.set(f"{settings.REDIS_KEY_PREFIX}reaper", ctx.worker_id, nx=True,
+                      px=int(settings.REAPER_INTERVAL_SECONDS * 1000)):
+        return 0
+    overdue = ctx.jobs.reap()
+    if not overdue:
+        return 0
+    state = rollout_state(client, prefix=settings.REDIS_KEY_PREFIX, default_version=settings.DEFAULT_MODEL_VERSION)
+    for job_id, version, request_id in overdue:
+        serving = version in (state.active, state.canary) or heartbeat.ready_workers(
+            client, prefix=settings.REDIS_KEY_PREFIX, version=version)
+        queue = f"recognize.{version if serving or not state.active else state.active}"
+        app.send_task("recognition.recognize", kwargs={"job_id": job_id, "request_id": request_id or None},
+                      queue=queue, routing_key=queue)
+        statsd().increment("job.requeued", tags=version_tags(version, queue))
+        logger.warning("overdue job sent again", extra={"job_id": job_id, "queue": queue})
+    return len(overdue)
+
+
 def _heartbeat_loop() -> None:
-    last_sweep = 0.0
+    last_sweep = last_reap = 0.0
     while not _stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
         try:
             _beat()
         except Exception as exc:  # Redis away: keep trying, the TTL tells readers
             logger.warning("heartbeat failed: %s", exc)
+        if time.monotonic() - last_reap >= settings.REAPER_INTERVAL_SECONDS:
+            last_reap = time.monotonic()
+            try:
+                reap_overdue_jobs()
+            except Exception as exc:
+                logger.warning("reaping overdue jobs failed: %s", exc)
         if time.monotonic() - last_sweep > _IMAGE_SWEEP_SECONDS:
             last_sweep = time.monotonic()
             try:

@@ -53,8 +53,10 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
         claim = context.jobs.claim(job_id, worker=context.worker_id, max_deliveries=context.max_deliveries)
     except redis.RedisError as exc:
         raise TransientError(str(exc)) from exc
-    if claim.outcome in ("missing", "done"):
-        return claim.outcome  # expired, or finished by an earlier delivery: nothing to do
+    if claim.outcome in ("missing", "done", "busy"):
+        # Expired; finished by an earlier delivery; or a duplicate delivery of a job that
+        # another worker is computing under a live lease: nothing to do.
+        return claim.outcome
     if claim.outcome == "exhausted":
         _record_failure(context, job_id, _delivery_limit(claim.deliveries))
         return "failed"

@@ -51,7 +51,8 @@ def test_it_refuses_when_the_queue_is_at_its_bound(store: JobStore) -> None:
         store.client.delete("recognize.9")
 
 
-def test_each_claim_counts_a_delivery_and_the_limit_ends_it(store: JobStore) -> None:
+def test_each_claim_counts_a_delivery_and_the_limit_ends_it(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = JobStore(redis_client, key_prefix, ttl_seconds=60, lease_seconds=0.0)  # every lease already over
     job_id, _ = create(store)
     first = store.claim(job_id, worker="w1", max_deliveries=2)
     assert (first.outcome, first.deliveries, first.record["status"]) == ("claimed", 1, "running")
@@ -127,3 +128,28 @@ def test_a_canary_at_weight_0_2_gets_a_fifth_of_new_jobs(store: JobStore) -> Non
     )
     sd = (n * 0.2 * 0.8) ** 0.5
     assert abs(canary - 0.2 * n) <= 4 * sd, canary
+
+
+def test_a_duplicate_delivery_during_a_live_lease_is_turned_away(store: JobStore) -> None:
+    job_id, _ = create(store)
+    assert store.claim(job_id, worker="w1", max_deliveries=3).outcome == "claimed"
+    assert store.claim(job_id, worker="w2", max_deliveries=3).outcome == "busy"
+    assert store.get(job_id)["deliveries"] == "1"
+
+
+def test_overdue_unfinished_jobs_are_reaped_once_and_finished_ones_never(redis_client: redis.Redis,
+                                                                        key_prefix: str) -> None:
+    store = JobStore(redis_client, key_prefix, ttl_seconds=60, lease_seconds=0.2)
+    lost, _ = create(store)  # its message vanished: nobody ever claims it
+    done, _ = create(store)
+    store.claim(done, worker="w1", max_deliveries=3)
+    store.succeed(done, result={}, timings={})
+    crashed, _ = create(store)
+    store.claim(crashed, worker="w1", max_deliveries=3)  # and the worker died
+    assert store.reap() == []  # nothing is overdue yet
+    time.sleep(0.3)
+    reaped = store.reap()
+    assert sorted(job for job, _, _ in reaped) == sorted([lost, crashed])
+    assert all(version == "1" for _, version, _ in reaped)
+    assert store.reap() == []  # each got a new deadline
+    assert store.client.zscore(store.pending_key, done) is None

@@ -78,8 +78,9 @@ def test_a_missing_image_fails_its_job_with_a_code(context: WorkerContext) -> No
 
 def test_a_job_past_its_delivery_limit_is_failed_not_run_again(context: WorkerContext) -> None:
     job_id = queue_job(context, png((1, 2, 3)))
-    for _ in range(2):  # two deliveries that "crashed" after claiming
-        context.jobs.claim(job_id, worker="lost", max_deliveries=2)
+    lapsed = JobStore(context.jobs.client, context.jobs.prefix, 60, lease_seconds=0.0)
+    for _ in range(2):  # two deliveries whose workers died after claiming (leases over)
+        lapsed.claim(job_id, worker="lost", max_deliveries=2)
     assert recognition_job_process(job_id=job_id, context=context) == "failed"
     assert context.jobs.get(job_id)["error_code"] == "delivery_limit_exceeded"
 
