@@ -22,13 +22,38 @@ after for k=5). It is spelled out with explicit ``ZeroPadding2D`` layers; stride
 
 Keras layer names are derived from the torch module names (``_blocks.3._depthwise_conv`` ->
 ``blocks_3_depthwise_conv``) so the weight port is by name.
+
+Loading (``KerasBackbone.load``) is built for huge weight files. The graph is rebuilt from
+``model.json`` with its variables left uninitialised (no initialiser runs, nothing is allocated);
+then every variable *adopts* its tensor's bytes through DLPack, without a copy:
+
+* ``weights="map"`` (the default): the bytes stay where the kernel put them. The file is mapped
+  private and read-write (copy-on-write; nothing ever writes) and made resident at once
+  (``MADV_POPULATE_READ``), and each 64-byte aligned tensor is used in place, in the page cache:
+  the load costs about one read of the file, the model's bytes are counted once (as file pages),
+  and the workers of one volume on a host share them. Tensors that are small or not aligned
+  (``safetensors``' own writer does not align them) are copied.
+* ``weights="read"``: each tensor is read with ``preadv`` into a fresh buffer of its own (a few
+  at a time, on a few threads), which the variable adopts: the model lives in the process's own
+  memory, and the load also pays for faulting that memory in.
+
+Either way peak memory is the process plus the model's bytes: no second copy, not even of one
+tensor. ``build_catalog_model`` adds the sharded catalog head of the huge test model
+(``models_registry.huge``).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import mmap
 import os
+import struct
 import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,16 +61,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from safetensors.numpy import load_file as _load_safetensors  # noqa: E402
 from safetensors.numpy import save_file as _save_safetensors  # noqa: E402
 
 __all__ = [
     "INPUT_SIZE",
     "KerasBackbone",
+    "build_catalog_model",
     "build_efficientnet_lite0",
+    "model_spec",
     "port_torch_weights",
+    "read_safetensors_header",
     "save_backbone",
     "tf_versions",
+    "weights_as_numpy",
 ]
 
 INPUT_SIZE = 224
@@ -241,43 +269,272 @@ def save_backbone(model: keras.Model, directory: Path) -> list[Path]:
     return [json_path, weights_path]
 
 
+# safetensors dtype names -> numpy
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_ALIGN = 64  # what TensorFlow's CPU kernels (Eigen) expect of a buffer
+_OWN_MAP_BYTES = 1 << 20
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
+_READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+CATALOG_TOP_K = 5
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, dict], int, dict[str, str]]:
+    """(tensors by name: {"dtype", "shape", "data_offsets"}, offset of the data, metadata).
+
+    The format: an 8-byte little-endian header length, a JSON header, then the tensors' bytes;
+    ``data_offsets`` are relative to the end of the header.
+    """
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > _MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: safetensors header of {length} bytes is implausible")
+        raw = handle.read(length)
+    if len(raw) != length:
+        raise ValueError(f"{path}: truncated safetensors header")
+    header = json.loads(raw)
+    metadata = header.pop("__metadata__", None) or {}
+    return header, 8 + length, metadata
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialised uint8 buffer of ``nbytes`` whose data starts on a 64-byte boundary.
+
+    Large buffers are anonymous memory maps of their own: page-aligned, given back to the system
+    as soon as the variable that adopts them is freed, and never marked for transparent huge pages
+    (numpy marks its large allocations, and on a host short of free huge pages each fault then
+    waits for memory compaction: reading a model into them was measured up to 7x slower here).
+    """
+    if nbytes >= _OWN_MAP_BYTES:
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return np.frombuffer(region, dtype=np.uint8)
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    start = (-raw.ctypes.data) % _ALIGN
+    return raw[start:start + nbytes]
+
+
+def _pread_exactly(fd: int, offset: int, buffer: np.ndarray, name: str) -> None:
+    view = memoryview(buffer).cast("B")
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if not count:
+            raise ValueError(f"{name}: ends {len(view) - done} bytes early")
+        done += count
+
+
+def _read_tensors(path: Path, data_start: int, entries: list[dict]):  # type: ignore[no-untyped-def]
+    """Yield each entry's bytes, in order, each in a fresh buffer of its own.
+
+    Reads run on a few threads (``preadv`` releases the GIL): the page faults of the fresh memory
+    and the copies out of the page cache (or the disk's latency) overlap across cores. At most
+    ``_READ_THREADS`` buffers beyond those already yielded are in flight.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+        def read(entry: dict) -> np.ndarray:
+            begin, end = entry["data_offsets"]
+            buffer = _aligned_empty(end - begin)
+            _pread_exactly(fd, data_start + begin, buffer, str(path))
+            return buffer
+
+        with ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="weights") as pool:
+            pending: deque = deque()
+            entries_iter = iter(entries)
+            for entry in itertools.islice(entries_iter, _READ_THREADS * 2):
+                pending.append(pool.submit(read, entry))
+            while pending:
+                buffer = pending.popleft().result()
+                for entry in itertools.islice(entries_iter, 1):
+                    pending.append(pool.submit(read, entry))
+                yield buffer
+    finally:
+        os.close(fd)
+
+
+def _prefetch(path: Path) -> None:
+    """Ask the kernel to start reading the whole file into the page cache, without waiting."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
+def _map_tensors(path: Path, data_start: int, entries: list[dict]):  # type: ignore[no-untyped-def]
+    """Yield each entry's bytes as a view of one private, read-write mapping of the file, made
+    resident before it is yielded; an entry that does not start on a 64-byte boundary (or is
+    small) is yielded as a copy instead. The views share the page cache: nothing is copied, and
+    processes that map the same volume share one copy of it. Entries are made resident one at a
+    time, so that the caller's work on one overlaps the disk's on the next (``_prefetch``).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        region = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    whole = np.frombuffer(region, dtype=np.uint8)
+    for entry in entries:
+        begin, end = entry["data_offsets"]
+        view = whole[data_start + begin:data_start + end]
+        if view.ctypes.data % _ALIGN or view.nbytes < _OWN_MAP_BYTES:
+            copy = _aligned_empty(view.nbytes)
+            copy[:] = view
+            yield copy
+            continue
+        start = (data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        try:  # read it in and map it, without copy-on-write
+            region.madvise(_MADV_POPULATE_READ, start, data_start + end - start)
+        except OSError:  # kernels before 5.14: fault every page in by reading it
+            int(view[::mmap.PAGESIZE].sum())
+        yield view
+
+
+def _adopt(array: np.ndarray):  # type: ignore[no-untyped-def]
+    """A tf.Tensor sharing ``array``'s memory (DLPack keeps the array alive while TF uses it)."""
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+def _drop_from_uninitialized(variables) -> None:  # type: ignore[no-untyped-def]
+    """Forget deferred variables that were initialised by hand (Keras keeps a per-thread list)."""
+    from keras.src.backend.common import global_state
+
+    ours = {id(v) for v in variables}
+    pending = global_state.get_global_attribute("uninitialized_variables") or []
+    global_state.set_global_attribute(
+        "uninitialized_variables", [v for v in pending if id(v) not in ours]
+    )
+
+
+def _model_without_weights(config_json: str) -> keras.Model:
+    """The model of ``config_json`` with every variable created but not initialised."""
+    with keras.StatelessScope(initialize_variables=False):
+        return keras.models.model_from_json(config_json)
+
+
+def model_spec(model: keras.Model) -> list[tuple[str, tuple[int, ...], str]]:
+    """(path, shape, dtype) of every variable, in ``model.weights`` order."""
+    return [(path, tuple(int(d) for d in v.shape), str(v.dtype))
+            for path, v in _weights_by_path(model).items()]
+
+
+def build_catalog_model(catalog_items: int, shard_items: int, *, allocate: bool = False,
+                        num_classes: int = 1000) -> keras.Model:
+    """EfficientNet-Lite0 plus a catalog head: the L2-normalised embedding against
+    ``catalog_items`` stored item vectors, held in Dense shards of at most ``shard_items``
+    columns (one safetensors tensor each, so that no single tensor is huge). Extra output
+    ``catalog_scores`` (N, catalog_items). With ``catalog_items == 0`` it is the plain backbone.
+
+    Unless ``allocate``, the variables are created uninitialised (nothing allocated): enough
+    for ``to_json`` and ``model_spec``, which is all a generator of a huge volume needs.
+    """
+    def build() -> keras.Model:
+        base = build_efficientnet_lite0(num_classes)
+        if catalog_items <= 0:
+            return base
+        embedding = base.get_layer("embedding").output
+        unit = keras.layers.UnitNormalization(name="catalog_norm")(embedding)
+        shards = []
+        for index, start in enumerate(range(0, catalog_items, shard_items)):
+            width = min(shard_items, catalog_items - start)
+            dense = keras.layers.Dense(width, use_bias=False, name=f"catalog_{index:04d}")
+            shards.append(dense(unit))
+        if len(shards) == 1:
+            scores = shards[0]
+        else:
+            scores = keras.layers.Concatenate(name="catalog_scores")(shards)
+        return keras.Model(
+            inputs=base.inputs[0],
+            outputs={"probs": base.get_layer("probs").output, "embedding": embedding,
+                     "catalog_scores": scores},
+            name="efficientnet_lite0_catalog",
+        )
+
+    if allocate:
+        return build()
+    with keras.StatelessScope(initialize_variables=False):
+        model = build()
+    _drop_from_uninitialized(model.weights)
+    return model
+
+
+def weights_as_numpy(model: keras.Model) -> dict[str, np.ndarray]:
+    return {path: np.ascontiguousarray(v.numpy()) for path, v in _weights_by_path(model).items()}
+
+
 class KerasBackbone:
     """A saved backbone (``save_backbone``'s directory) loaded for inference.
 
     ``predict`` runs one ``tf.function``, traced once for any batch size. The caller serializes
-    calls; a lock still guards load/unload/predict against overlapping use.
+    calls; a lock still guards load/unload/predict against overlapping use. After ``load``,
+    ``load_seconds`` is how long it took and ``weights_bytes`` how many tensor bytes it read.
     """
 
     input_size = INPUT_SIZE
 
-    def __init__(self) -> None:
+    def __init__(self, weights: str = "map") -> None:
+        if weights not in ("map", "read"):
+            raise ValueError(f"weights must be 'map' or 'read', not {weights!r}")
+        self.weights_mode = weights
         self._lock = threading.Lock()
         self._model: keras.Model | None = None
         self._serve = None
+        self.output_names: tuple[str, ...] = ()
+        self.load_seconds: float | None = None
+        self.weights_bytes = 0
 
     @property
     def loaded(self) -> bool:
         return self._serve is not None
 
     def load(self, directory: Path) -> None:
+        started = time.perf_counter()
         directory = Path(directory)
-        model = keras.models.model_from_json((directory / MODEL_JSON).read_text(encoding="utf-8"))
-        tensors = _load_safetensors(str(directory / WEIGHTS_FILE))
-        variables = _weights_by_path(model)
-        missing = sorted(set(variables) - set(tensors))
-        unused = sorted(set(tensors) - set(variables))
-        wrong = sorted(
-            p
-            for p in set(variables) & set(tensors)
-            if tuple(variables[p].shape) != tuple(tensors[p].shape)
-        )
-        if missing or unused or wrong:
+        weights_path = directory / WEIGHTS_FILE
+        header, data_start, _ = read_safetensors_header(weights_path)
+        needed = data_start + max((e["data_offsets"][1] for e in header.values()), default=0)
+        if weights_path.stat().st_size < needed:
+            raise ValueError(f"{weights_path} is truncated: {weights_path.stat().st_size} bytes, "
+                             f"its header describes {needed}")
+        _prefetch(weights_path)  # the disk works while the graph is built
+        model = _model_without_weights((directory / MODEL_JSON).read_text(encoding="utf-8"))
+        try:
+            variables = _weights_by_path(model)
+            self._check_fit(directory, header, variables)
+            # In file order, so that the reads are sequential.
+            order = sorted(variables, key=lambda p: header[p]["data_offsets"][0])
+            total = 0
+            source = _map_tensors if self.weights_mode == "map" else _read_tensors
+            buffers = source(weights_path, data_start, [header[p] for p in order])
+            for path, buffer in zip(order, buffers, strict=True):
+                entry, variable = header[path], variables[path]
+                array = buffer.view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+                # The variable adopts the buffer: no copy, and nothing else refers to it.
+                variable._initialize(_adopt(array))
+                variable._initializer = None
+                total += buffer.nbytes
+                del buffer, array
+        finally:
+            _drop_from_uninitialized(model.weights)
+        outputs = tuple(sorted(model.output.keys())) if isinstance(model.output, dict) else ()
+        if not {"probs", "embedding"} <= set(outputs):
             raise ValueError(
-                f"weights do not fit {directory / MODEL_JSON}: missing {missing}, unused {unused}, "
-                f"wrong shape {wrong}"
+                f"{directory / MODEL_JSON}: outputs {outputs}, need probs and embedding"
             )
-        for path, variable in variables.items():
-            variable.assign(tensors[path])
+        has_catalog = "catalog_scores" in outputs
 
         @tf.function(
             input_signature=[
@@ -286,13 +543,46 @@ class KerasBackbone:
         )
         def serve(images):
             outputs = model(images, training=False)
-            return outputs["probs"], outputs["embedding"]
+            served = {"probs": outputs["probs"], "embedding": outputs["embedding"]}
+            if has_catalog:
+                scores = outputs["catalog_scores"]
+                k = tf.minimum(CATALOG_TOP_K, tf.shape(scores)[1])
+                top = tf.math.top_k(scores, k=k)
+                served["catalog_top_scores"] = top.values
+                served["catalog_top_items"] = top.indices
+            return served
 
         with self._lock:
             self._model, self._serve = model, serve
+            extra = {"catalog_top_scores", "catalog_top_items"} if has_catalog else set()
+            self.output_names = tuple(sorted({"probs", "embedding"} | extra))
+            self.weights_bytes = total
+            self.load_seconds = time.perf_counter() - started
 
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (N, 224, 224, 3) RGB -> (probs float32 (N, 1000), embedding float32 (N, 1280))."""
+    @staticmethod
+    def _check_fit(directory: Path, header: dict[str, dict], variables: dict[str, object]) -> None:
+        """Everything is checked before a byte of tensor data is read."""
+        missing = sorted(set(variables) - set(header))
+        unused = sorted(set(header) - set(variables))
+        def fits(path: str) -> bool:
+            entry, variable = header[path], variables[path]
+            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+            begin, end = entry["data_offsets"]
+            return (
+                tuple(variable.shape) == tuple(entry["shape"])
+                and dtype is not None
+                and np.dtype(dtype) == np.dtype(variable.dtype)
+                and end - begin == math.prod(entry["shape"]) * np.dtype(dtype).itemsize
+            )
+
+        wrong = sorted(p for p in set(variables) & set(header) if not fits(p))
+        if missing or unused or wrong:
+            raise ValueError(
+                f"weights do not fit {directory / MODEL_JSON}: missing {missing}, unused {unused}, "
+                f"wrong shape {wrong}"
+            )
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
         if (
             batch.dtype != np.uint8
@@ -303,11 +593,22 @@ class KerasBackbone:
                 f"expected uint8 (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), "
                 f"got {batch.dtype} {batch.shape}"
             )
+        return batch
+
+    def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (N, 224, 224, 3) RGB -> ``probs`` (N, 1000), ``embedding`` (N, 1280), and for a
+        model with a catalog head ``catalog_top_scores`` / ``catalog_top_items`` (N, <= 5)."""
+        batch = self._check_batch(batch)
         with self._lock:
             if self._serve is None:
                 raise RuntimeError("backbone is not loaded")
-            probs, embedding = self._serve(tf.convert_to_tensor(batch))
-        return probs.numpy().astype(np.float32, copy=False), embedding.numpy().astype(
+            outputs = self._serve(tf.convert_to_tensor(batch))
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, 224, 224, 3) RGB -> (probs float32 (N, 1000), embedding float32 (N, 1280))."""
+        outputs = self.predict_outputs(batch)
+        return outputs["probs"].astype(np.float32, copy=False), outputs["embedding"].astype(
             np.float32, copy=False
         )
 

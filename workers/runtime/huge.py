@@ -1,0 +1,111 @@
+"""Runtime of the volumes made by ``models_registry.huge``: a Keras backbone, optionally with a
+huge catalog head, and nothing else (no OCR, no color).
+
+It serves two purposes: loading a model of many GB the way a worker does (``load_seconds``), and,
+with the plain backbone (``--size-gb 0``), the backbone-only model of the benchmark, whose
+``predict`` computes exactly the reference model's backbone, so that the pipeline can be measured
+against the model alone and against other servers running the same network.
+
+``category`` and ``name`` come from the ImageNet probabilities as in the reference model; ``brand``
+and ``color`` are always null (this model has no such parts). The catalog head's nearest items are
+computed by the model but not part of the four result fields.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from models_registry.volume import ModelVolume
+from workers.runtime import field
+
+TOP_K = 3
+
+
+class HugeRuntime:
+    def __init__(self, volume: ModelVolume, *, weights: str = "map") -> None:
+        self.volume = volume
+        self.weights_mode = (
+            weights  # KerasBackbone: "map" (page cache, default) or "read" (own memory)
+        )
+        manifest = volume.manifest
+        self.decode_max_side = int(manifest["input"]["decode_max_side"])
+        self.input_size = int(manifest["input"]["model_input"][0])
+        self.thresholds: dict[str, float] = {k: float(v) for k, v in manifest["thresholds"].items()}
+        self._backbone: Any = None
+        self.load_seconds: float | None = None
+
+    def load(self) -> None:
+        from workers.runtime.tensorflow_backend import KerasBackbone  # the one TF module
+
+        started = time.perf_counter()
+        labels = self.volume.file("labels")
+        taxonomy = json.loads((labels / "taxonomy.json").read_text(encoding="utf-8"))
+        self.categories: list[str] = [c["slug"] for c in taxonomy["categories"]]
+        self.class_names: list[str] = (
+            (labels / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
+        )
+        by_index = {int(m["index"]): m["category"] for m in taxonomy["mapping"]}
+        self.class_category = np.array(
+            [self.categories.index(by_index[i]) for i in range(len(self.class_names))]
+        )
+        matrix = np.zeros((len(self.class_names), len(self.categories)), dtype=np.float32)
+        matrix[np.arange(len(self.class_names)), self.class_category] = 1.0
+        self.category_matrix = matrix
+        backbone = KerasBackbone(self.weights_mode)
+        backbone.load(self.volume.file("backbone"))
+        self._backbone = backbone
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def backbone(self) -> Any:
+        return self._backbone
+
+    def unload(self) -> None:
+        if self._backbone is not None:
+            self._backbone.unload()
+        self._backbone = None
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        from workers.runtime.reference import center_square
+
+        return center_square(rgb, self.input_size)
+
+    def predict_outputs(self, batch: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's raw outputs for a batch of prepared images."""
+        if self._backbone is None:
+            raise RuntimeError("load() first")
+        return self._backbone.predict_outputs(np.stack(batch))
+
+    def predict(self, batch: list[np.ndarray]) -> list[dict[str, Any]]:
+        probs = self.predict_outputs(batch)["probs"]
+        category_probs = probs @ self.category_matrix
+        return [self._compose(probs[i], category_probs[i]) for i in range(len(batch))]
+
+    def _compose(self, probs: np.ndarray, category_probs: np.ndarray) -> dict[str, Any]:
+        t = self.thresholds
+        order = np.argsort(-category_probs)[:TOP_K]
+        best = int(order[0])
+        category = field(
+            self.categories[best],
+            float(category_probs[best]),
+            t["category"],
+            [(self.categories[i], float(category_probs[i])) for i in order],
+        )
+        in_category = np.where(self.class_category == best)[0]
+        nouns = in_category[np.argsort(-probs[in_category])][:TOP_K]
+        names = [(_noun(self.class_names[i]), float(probs[i])) for i in nouns]
+        return {
+            "name": field(names[0][0], float(category_probs[best]), t["name"], names),
+            "category": category,
+            "brand": field(None, 0.0, t.get("brand", 1.0), []),
+            "color": field(None, 0.0, t.get("color", 1.0), []),
+        }
+
+
+def _noun(class_name: str) -> str:
+    noun = class_name.split(",")[0].strip()
+    return noun[:1].upper() + noun[1:]
