@@ -15,8 +15,8 @@ Two BentoML services, the layout BentoML documents for pre-processing plus a bat
   merges concurrent calls into batches of up to ``BENCH_PEER_MAX_BATCH`` (16, like the worker).
 
 The model is the reference volume's own ``backbone/model.json`` + ``weights.safetensors``, loaded
-with plain Keras and run through one ``tf.function`` traced once for any batch size (the worker
-does the same), so that the two sides differ only in the serving stack around the same network.
+and run by the service's own ``KerasBackbone`` (one ``tf.function`` traced once for any batch
+size), so that the two sides differ only in the serving stack around the same network.
 """
 
 from __future__ import annotations
@@ -67,28 +67,18 @@ TOP_K = 3
 @bentoml.service(workers=1, traffic={"timeout": 120}, logging={"access": {"enabled": False}})
 class Backbone:
     def __init__(self) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
-        import tensorflow as tf
-        from safetensors.numpy import load_file
+        # The service's own loader and traced function (workers.runtime.tensorflow_backend is
+        # the project's one TensorFlow module; it needs only TF, Keras, numpy and safetensors,
+        # all in .venv-bench): the network and how it is run are the same on both sides.
+        from workers.runtime.tensorflow_backend import KerasBackbone
 
-        directory = VOLUME / "backbone"
-        model = keras.models.model_from_json((directory / "model.json").read_text())
-        tensors = load_file(str(directory / "weights.safetensors"))
-        for variable in model.weights:
-            variable.assign(tensors[variable.path])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)])
-        def serve(images):
-            return model(images, training=False)["probs"]
-
-        self._serve = serve
-        self._tf = tf
-        serve(tf.zeros([1, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8))  # trace + warm up before serving
+        self._backbone = KerasBackbone()
+        self._backbone.load(VOLUME / "backbone")
+        self._backbone.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))  # warm up
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return self._serve(self._tf.convert_to_tensor(images.astype(np.uint8, copy=False))).numpy()
+        return self._backbone.predict(images.astype(np.uint8, copy=False))[0]
 
 
 @bentoml.service(
