@@ -36,6 +36,10 @@ def runtime_for(volume: ModelVolume) -> ModelRuntime:
         from workers.runtime.reference import ReferenceRuntime
 
         return ReferenceRuntime(volume)
+    if kind == "huge":
+        from workers.runtime.huge import HugeRuntime
+
+        return HugeRuntime(volume)
     if kind == "null":
         from workers.runtime.null import NullRuntime
 
