@@ -181,35 +181,34 @@ def cpu_probe(components: dict[str, int]):  # type: ignore[no-untyped-def]
     return lambda: {name: _cpu_seconds(pid) for name, pid in components.items()}
 
 
-def point(
-    target: str,
-    url: str,
-    images: list[Path],
-    concurrency: int,
-    p: dict,
-    key: str = "",
-    probe=None,  # type: ignore[no-untyped-def]
-) -> dict:
-    """``repeats`` runs of the load generator at one concurrency; with ``probe``, the servers'
-    CPU time per request (warm-up requests included, as their CPU is)."""
-    runs = []
+def run_once(
+    target: str, url: str, images: list[Path], concurrency: int, p: dict, key: str = "", probe=None
+) -> dict:  # type: ignore[no-untyped-def]
+    """One run of the load generator, with the servers' CPU (``probe``) and the machine's."""
+    before = probe() if probe else {}
+    busy0, wall0 = machine_busy_seconds(), time.perf_counter()
+    run = loadgen(target, url, images, concurrency, p, key)
+    run["machine_busy_s"] = machine_busy_seconds() - busy0
+    run["wall_s"] = time.perf_counter() - wall0
+    after = probe() if probe else {}
+    run["server_cpu_s"] = {name: after[name] - before[name] for name in after}
+    run.update(latency_summary(run.pop("latencies_ms")))
+    if run["errors"]:
+        log(f"  {run['errors']} errors, e.g. {run['error_samples'][:2]}")
+    return run
+
+
+def aggregate(target: str, concurrency: int, runs: list[dict]) -> dict:
+    """Repeated runs of one point: median [min-max] of each figure; CPU per request (warm-up
+    requests included, as their CPU is); what other processes used of the machine meanwhile."""
+    sent = sum(r["sent_with_warmup"] for r in runs)
     cpu: dict[str, float] = {}
-    sent = 0
-    busy = wall = 0.0
-    for _ in range(p["repeats"]):
-        before = probe() if probe else {}
-        busy0, wall0 = machine_busy_seconds(), time.perf_counter()
-        run = loadgen(target, url, images, concurrency, p, key)
-        busy += machine_busy_seconds() - busy0
-        wall += time.perf_counter() - wall0
-        after = probe() if probe else {}
-        for name in after:
-            cpu[name] = cpu.get(name, 0.0) + after[name] - before[name]
-        sent += run["sent_with_warmup"]
-        summary = latency_summary(run.pop("latencies_ms"))
-        runs.append({**run, **summary})
-        if run["errors"]:
-            log(f"  {run['errors']} errors, e.g. {run['error_samples'][:2]}")
+    for r in runs:
+        for name, seconds in r["server_cpu_s"].items():
+            cpu[name] = cpu.get(name, 0.0) + seconds
+    busy = sum(r["machine_busy_s"] for r in runs)
+    wall = sum(r["wall_s"] for r in runs)
+    client = sum(r["client_cpu_s"] for r in runs)
     agg = {
         "concurrency": concurrency,
         "throughput": spread(r["throughput"] for r in runs),
@@ -218,19 +217,15 @@ def point(
         "p99": spread(r["p99"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "requests": sum(r["succeeded"] for r in runs),
-        "client_cpu_ms_per_request": 1000
-        * sum(r["client_cpu_s"] for r in runs)
-        / max(1, sum(r["succeeded"] for r in runs)),
+        "client_cpu_ms_per_request": 1000 * client / max(1, sum(r["succeeded"] for r in runs)),
         "server_timings_mean_ms": runs[-1]["server_timings_mean_ms"],
         "server_cpu_ms_per_request": {k: 1000 * v / max(1, sent) for k, v in cpu.items()},
         # What the rest of the machine used meanwhile (other people's work on a shared host),
         # as a share of all its cores: the noise next to the figure.
         "others_cpu_share": max(
-            0.0,
-            (busy - sum(cpu.values()) - sum(r["client_cpu_s"] for r in runs))
-            / (wall * (os.cpu_count() or 1)),
+            0.0, (busy - sum(cpu.values()) - client) / (wall * (os.cpu_count() or 1))
         )
-        if probe and wall
+        if cpu and wall
         else None,
         "runs": runs,
     }
@@ -240,6 +235,14 @@ def point(
         f"p99 {agg['p99']['median']:.1f} ms, errors {agg['errors']}"
     )
     return agg
+
+
+def point(
+    target: str, url: str, images: list[Path], concurrency: int, p: dict, key: str = "", probe=None
+) -> dict:  # type: ignore[no-untyped-def]
+    """``repeats`` runs of the load generator at one concurrency."""
+    runs = [run_once(target, url, images, concurrency, p, key, probe) for _ in range(p["repeats"])]
+    return aggregate(target, concurrency, runs)
 
 
 # --- our stack -----------------------------------------------------------------------------
@@ -305,6 +308,16 @@ class OurStack:
         return self.stack.api_url
 
     @property
+    def probe(self):  # type: ignore[no-untyped-def]
+        return cpu_probe(
+            {
+                "api": self.stack.processes[0].popen.pid,
+                "worker": self.worker.popen.pid,
+                "redis": self.redis.popen.pid,
+            }
+        )
+
+    @property
     def key(self) -> str:
         return self.stack.api_key
 
@@ -329,10 +342,9 @@ def scenario(
     stack = OurStack(tmp, model_root, name, version, worker_env)
     log(f"  stack ready in {time.perf_counter() - started:.1f}s ({name}/{version}, {worker_env})")
     try:
-        api_pid, worker_pid = stack.stack.processes[0].popen.pid, stack.worker.popen.pid
-        probe = cpu_probe({"api": api_pid, "worker": worker_pid, "redis": stack.redis.popen.pid})
         return {
-            str(c): point("ours", stack.url, images, c, p, stack.key, probe) for c in concurrencies
+            str(c): point("ours", stack.url, images, c, p, stack.key, stack.probe)
+            for c in concurrencies
         }
     finally:
         stack.stop()
@@ -341,23 +353,26 @@ def scenario(
 # --- the peer ------------------------------------------------------------------------------
 
 
-def peer(tmp: Path, images: list[Path], concurrencies: list[int], p: dict) -> dict:
-    from tests.support import free_port
+class PeerServer:
+    """``bentoml serve bench.peer_service:Recognizer`` from .venv-bench, on a free loopback port."""
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "BENTOML_HOME": str(tmp / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "BENCH_PEER_VOLUME": str(REFERENCE),
-        "BENCH_PEER_MAX_BATCH": str(p["batch"]),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    tmp.mkdir(parents=True, exist_ok=True)
-    logfile = (tmp / "bentoml.log").open("wb")
-    process = subprocess.Popen(
-        [
+    def __init__(self, tmp: Path, images: list[Path], p: dict) -> None:
+        from tests.support import free_port
+
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "BENTOML_HOME": str(tmp / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BENCH_PEER_VOLUME": str(REFERENCE),
+            "BENCH_PEER_MAX_BATCH": str(p["batch"]),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log_path = tmp / "bentoml.log"
+        self._log = self.log_path.open("wb")
+        argv = [
             str(BENCH_VENV / "bin" / "bentoml"),
             "serve",
             "bench.peer_service:Recognizer",
@@ -365,48 +380,105 @@ def peer(tmp: Path, images: list[Path], concurrencies: list[int], p: dict) -> di
             "127.0.0.1",
             "--port",
             str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=logfile,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+        ]
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            self._wait_ready(images[0])
+        except BaseException:
+            self.stop()
+            raise
+        self.probe = cpu_probe({"bentoml": self.process.pid})
+
+    def _wait_ready(self, image: Path) -> None:
+        """Ready = a real request answered (the model service loads after /readyz says yes)."""
         import httpx
 
         deadline = time.monotonic() + 180
-        while (
-            True
-        ):  # ready = a real request answered (the model service loads after /readyz says yes)
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited:\n{(tmp / 'bentoml.log').read_text()[-3000:]}"
-                )
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited:\n{self.log_path.read_text()[-3000:]}")
             try:
                 response = httpx.post(
-                    f"{url}/recognize",
-                    files={"image": ("a.jpg", images[0].read_bytes(), "image/jpeg")},
+                    f"{self.url}/recognize",
                     timeout=30,
+                    files={"image": ("a.jpg", image.read_bytes(), "image/jpeg")},
                 )
                 if response.status_code == 200:
-                    break
+                    return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError("the BentoML peer did not answer in 180 s")
             time.sleep(0.5)
-        probe = cpu_probe({"bentoml": process.pid})
-        return {str(c): point("bento", url, images, c, p, probe=probe) for c in concurrencies}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+
+
+def compare(
+    work: Path,
+    models: Path,
+    images: list[Path],
+    p: dict,
+    parts: set[str],
+    worker_on: dict[str, str],
+) -> dict:
+    """Parts 2 (backbone-only), 3 and 5 with their servers all up at once and their runs
+    interleaved (round-robin, the order rotating each repeat), so that whatever else the
+    machine does at the time weighs on each side alike. Idle, the other servers cost nothing
+    measurable (a blocked Redis pop, an idle event loop, a heartbeat a second)."""
+    sides: list[tuple[str, str, Any, list[int]]] = []
+    running: list[Any] = []
+    try:
+        if "2" in parts:
+            log("parts 2/3/5: starting our stack with batching on (backbone-only model)")
+            on = OurStack(work / "s-bb", models, "backbone", "1", worker_on)
+            running.append(on)
+            sides.append(("backbone_e2e", "ours", on, p["backbone_c"]))
+        if "3" in parts:
+            log("parts 2/3/5: starting our stack with batching off (BATCH_MAX_SIZE=1)")
+            off = OurStack(
+                work / "s-off", models, "backbone", "1", {**worker_on, "BATCH_MAX_SIZE": "1"}
+            )
+            running.append(off)
+            sides.append(("batching_off", "ours", off, p["off_c"]))
+        if "5" in parts:
+            log("parts 2/3/5: starting the BentoML peer")
+            server = PeerServer(work / "s-peer", images, p)
+            running.append(server)
+            sides.append(("peer", "bento", server, p["peer_c"]))
+        runs: dict[str, dict[int, list[dict]]] = {name: {} for name, *_ in sides}
+        for c in sorted({c for *_, cs in sides for c in cs}):
+            here = [side for side in sides if c in side[3]]
+            for repeat in range(p["repeats"]):
+                shift = repeat % len(here)
+                for name, target, server, _ in here[shift:] + here[:shift]:
+                    key = getattr(server, "key", "")
+                    probe = server.probe
+                    runs[name].setdefault(c, []).append(
+                        run_once(target, server.url, images, c, p, key, probe)
+                    )
+            for name, target, *_ in here:
+                runs[name][c] = aggregate(f"{name} ({target})", c, runs[name][c])  # type: ignore[assignment]
+        return {name: {str(c): agg for c, agg in points.items()} for name, points in runs.items()}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-        logfile.close()
+        for server in running:
+            server.stop()
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -589,6 +661,9 @@ def report(results: dict, p: dict) -> tuple[str, list[dict]]:
             rows.append(load_row("2", f"reference, c={c}", agg, note))
     bb = results.get("backbone_e2e")
     if bb:
+        rows.append(
+            ["(2) end to end, backbone-only model (runs interleaved with those of parts 3 and 5)"]
+        )
         for c, agg in bb.items():
             note = ""
             if model_rate:
@@ -927,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
         failures: list[str] = []
 
         def attempt(part: str, what, *fn_args):  # type: ignore[no-untyped-def]
-            if part not in parts:
+            if not set(part.split(",")) & parts:
                 return None
             try:
                 return what(*fn_args)
@@ -986,32 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
                 p,
             )
 
-        def part2_backbone() -> dict:
-            log("part 2: end to end, backbone-only model")
-            return scenario(
-                work / "s-bb", models, "backbone", "1", worker_on, p["backbone_c"], images, p
-            )
-
-        def part3() -> dict:
-            log("part 3: batching off (BATCH_MAX_SIZE=1)")
-            return scenario(
-                work / "s-off",
-                models,
-                "backbone",
-                "1",
-                {**worker_on, "BATCH_MAX_SIZE": "1"},
-                p["off_c"],
-                images,
-                p,
-            )
-
         def part4() -> dict:
             log("part 4: the null model end to end")
             return scenario(work / "s-null", models, "null", "1", worker_on, p["null_c"], images, p)
-
-        def part5() -> dict:
-            log("part 5: the BentoML peer")
-            return peer(work / "s-peer", images, p["peer_c"], p)
 
         def part6() -> dict:
             from bench import huge_load
@@ -1054,18 +1106,22 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 remove_volume(volume)
 
+        def comparison() -> dict:
+            return compare(work, models, images, p, parts, worker_on)
+
         for key, part, fn in (
             ("model_only", "1", part1),
             ("reference_e2e", "2", part2_reference),
-            ("backbone_e2e", "2", part2_backbone),
-            ("batching_off", "3", part3),
+            ("", ",".join(sorted(parts & {"2", "3", "5"})), comparison),
             ("null_e2e", "4", part4),
-            ("peer", "5", part5),
             ("huge", "6", part6),
         ):
             value = attempt(part, fn)
             if value is not None:
-                results[key] = value
+                if key:
+                    results[key] = value
+                else:
+                    results.update(value)
         results["failures"] = failures
     finally:
         results["elapsed_s"] = time.perf_counter() - started
