@@ -13,7 +13,6 @@ computed by the model but not part of the four result fields.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from models_registry.volume import ModelVolume
 from workers.runtime import field
+from workers.runtime.reference import load_taxonomy
 
 TOP_K = 3
 
@@ -43,18 +43,7 @@ class HugeRuntime:
 
         started = time.perf_counter()
         labels = self.volume.file("labels")
-        taxonomy = json.loads((labels / "taxonomy.json").read_text(encoding="utf-8"))
-        self.categories: list[str] = [c["slug"] for c in taxonomy["categories"]]
-        self.class_names: list[str] = (
-            (labels / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
-        )
-        by_index = {int(m["index"]): m["category"] for m in taxonomy["mapping"]}
-        self.class_category = np.array(
-            [self.categories.index(by_index[i]) for i in range(len(self.class_names))]
-        )
-        matrix = np.zeros((len(self.class_names), len(self.categories)), dtype=np.float32)
-        matrix[np.arange(len(self.class_names)), self.class_category] = 1.0
-        self.category_matrix = matrix
+        self.categories, self.class_names, self.class_category, self.category_matrix = load_taxonomy(labels)
         backbone = KerasBackbone(self.weights_mode)
         backbone.load(self.volume.file("backbone"))
         self._backbone = backbone

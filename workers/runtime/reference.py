@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,18 +44,7 @@ class ReferenceRuntime:
         from workers.runtime.tensorflow_backend import KerasBackbone  # the one TF module
 
         labels = self.volume.file("labels")
-        taxonomy = json.loads((labels / "taxonomy.json").read_text(encoding="utf-8"))
-        self.categories: list[str] = [c["slug"] for c in taxonomy["categories"]]
-        self.class_names: list[str] = (
-            (labels / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
-        )
-        by_index = {int(m["index"]): m["category"] for m in taxonomy["mapping"]}
-        self.class_category = np.array(
-            [self.categories.index(by_index[i]) for i in range(len(self.class_names))]
-        )
-        matrix = np.zeros((len(self.class_names), len(self.categories)), dtype=np.float32)
-        matrix[np.arange(len(self.class_names)), self.class_category] = 1.0
-        self.category_matrix = matrix
+        self.categories, self.class_names, self.class_category, self.category_matrix = load_taxonomy(labels)
         brands = [
             line.strip()
             for line in (labels / "brands.txt").read_text(encoding="utf-8").splitlines()
@@ -127,6 +117,19 @@ class ReferenceRuntime:
         ]
         name = field(names[0][0], float(category_probs[best]), t["name"], names)
         return {"name": name, "category": category, "brand": brand_field, "color": color_field}
+
+
+def load_taxonomy(labels: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """A volume's taxonomy: categories, ImageNet class names, each class's category index,
+    and the 0/1 matrix that sums class probabilities into category probabilities."""
+    taxonomy = json.loads((labels / "taxonomy.json").read_text(encoding="utf-8"))
+    categories = [c["slug"] for c in taxonomy["categories"]]
+    class_names = (labels / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
+    by_index = {int(m["index"]): m["category"] for m in taxonomy["mapping"]}
+    class_category = np.array([categories.index(by_index[i]) for i in range(len(class_names))])
+    matrix = np.zeros((len(class_names), len(categories)), dtype=np.float32)
+    matrix[np.arange(len(class_names)), class_category] = 1.0
+    return categories, class_names, class_category, matrix
 
 
 def compose_name(brand: str | None, color: str | None, class_name: str) -> str:
