@@ -276,7 +276,6 @@ class OurStack:
             raise
 
     def _start_worker(self, extra: dict[str, str]):  # type: ignore[no-untyped-def]
-        from bench.worker_shim import runtime_knows_huge
         from tests.support import spawn
 
         env = {
@@ -285,20 +284,7 @@ class OurStack:
             "WORKER_READY_FILE": str(self.stack.tmp / "ready-worker"),
             **extra,
         }
-        manifest = json.loads(
-            (
-                Path(env["MODEL_ROOT"]) / env["MODEL_NAME"] / self.version / "manifest.json"
-            ).read_text()
-        )
-        if manifest["runtime"] == "huge" and not runtime_knows_huge():
-            log(
-                "  workers.runtime.runtime_for does not know runtime 'huge' yet: "
-                "starting the worker through bench/worker_shim.py (same Celery command line)"
-            )
-            argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "bench.worker_shim"]
-            env["PYTHONPATH"] = str(ROOT)
-        else:
-            argv = ["scripts/start-worker"]
+        argv = ["scripts/start-worker"]
         process = spawn("worker", argv, env, self.stack.tmp / "logs")
         self.stack.processes.append(process)
         return process
