@@ -43,7 +43,8 @@ class HugeRuntime:
 
         started = time.perf_counter()
         labels = self.volume.file("labels")
-        self.categories, self.class_names, self.class_category, self.category_matrix = load_taxonomy(labels)
+        (self.categories, self.class_names, self.class_category,
+         self.category_matrix) = load_taxonomy(labels)
         backbone = KerasBackbone(self.weights_mode)
         backbone.load(self.volume.file("backbone"))
         self._backbone = backbone

@@ -44,7 +44,8 @@ class ReferenceRuntime:
         from workers.runtime.tensorflow_backend import KerasBackbone  # the one TF module
 
         labels = self.volume.file("labels")
-        self.categories, self.class_names, self.class_category, self.category_matrix = load_taxonomy(labels)
+        (self.categories, self.class_names, self.class_category,
+         self.category_matrix) = load_taxonomy(labels)
         brands = [
             line.strip()
             for line in (labels / "brands.txt").read_text(encoding="utf-8").splitlines()
