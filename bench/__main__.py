@@ -1,6 +1,6 @@
 """The benchmark: one command, one run, one table.
 
-    scripts/bench            # set up (.venv, .venv-bench with BentoML), then this
+    scripts/bench            # set up (.venv, var/venv-bench with BentoML), then this
     python -m bench          # the full run (about 12 minutes on 2 cores)
     python -m bench --quick  # a short smoke run (about 3 minutes)
 
@@ -11,7 +11,7 @@ Parts (see docs/PERFORMANCE.md for what each one computes and the recorded figur
     with the reference model and with the backbone-only model, ratios to (1);
  3. batching on vs off (BATCH_MAX_SIZE=16 vs 1, same worker threads, same load);
  4. the null model end to end: the pipeline's own cost per request;
- 5. the peer: BentoML 1.4 with adaptive batching serving the same backbone (in .venv-bench);
+ 5. the peer: BentoML 1.4 with adaptive batching serving the same backbone (in var/venv-bench);
  6. a huge model volume: load time against raw read time, peak RSS against model bytes.
 Every point is repeated (--repeats) and shown as median [min-max]. All traffic goes to 127.0.0.1.
 """
@@ -35,7 +35,7 @@ from typing import Any
 from bench.stats import latency_summary, median, spread
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_VENV = ROOT / ".venv-bench"
+BENCH_VENV = ROOT / "var" / "venv-bench"
 REFERENCE = Path(os.environ.get("MODEL_ROOT", ROOT / "var" / "models")) / "reference" / "1"
 
 
@@ -340,7 +340,7 @@ def scenario(
 
 
 class PeerServer:
-    """``bentoml serve bench.peer_service:Recognizer`` from .venv-bench, on a free loopback port."""
+    """``bentoml serve bench.peer_service:Recognizer`` from var/venv-bench, on a free loopback port."""
 
     def __init__(self, tmp: Path, images: list[Path], p: dict) -> None:
         from tests.support import free_port

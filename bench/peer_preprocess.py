@@ -1,5 +1,5 @@
 """The peer's pre-processing: the same operations as the worker's backbone-only runtime,
-written with Pillow and numpy alone so that it runs in .venv-bench (a test checks that they
+written with Pillow and numpy alone so that it runs in var/venv-bench (a test checks that they
 give the same pixels).
 
 ``common.imaging.decode_rgb`` for a JPEG: draft-mode decode to a long side <= 512, load, EXIF

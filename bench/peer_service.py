@@ -1,6 +1,6 @@
 """Part 5's peer: BentoML serving the reference backbone with its adaptive batching.
 
-Run by the benchmark inside .venv-bench (never the service's .venv):
+Run by the benchmark inside var/venv-bench (never the service's .venv):
 
     BENCH_PEER_VOLUME=var/models/reference/1 bentoml serve bench.peer_service:Recognizer
 
@@ -69,7 +69,7 @@ class Backbone:
     def __init__(self) -> None:
         # The service's own loader and traced function (workers.runtime.tensorflow_backend is
         # the project's one TensorFlow module; it needs only TF, Keras, numpy and safetensors,
-        # all in .venv-bench): the network and how it is run are the same on both sides.
+        # all in var/venv-bench): the network and how it is run are the same on both sides.
         from workers.runtime.tensorflow_backend import KerasBackbone
 
         self._backbone = KerasBackbone()
