@@ -71,8 +71,10 @@ def pipeline(
 
     def job(i: int) -> float:
         started = time.perf_counter()
-        rgb = decode_rgb(images[i % len(images)], max_side=runtime.decode_max_side)
-        batcher.submit(runtime.prepare(rgb)).result()
+        with batcher.arrival() as arrival:  # as the worker's task threads do
+            rgb = decode_rgb(images[i % len(images)], max_side=runtime.decode_max_side)
+            future = arrival.submit(runtime.prepare(rgb))
+        future.result()
         return time.perf_counter() - started
 
     runs = []

@@ -1,18 +1,25 @@
 """Dynamic batching: many task threads submit, one inference thread runs batches.
 
-A batch closes when it holds ``max_batch`` items or ``max_wait`` has passed since
-its first item arrived, whichever comes first. If a batch fails, its items are
-retried one at a time so that one bad input fails only its own job.
+A batch closes when it holds ``max_batch`` items, or when ``max_wait`` has passed
+since its first item arrived, or as soon as no more items are on their way. Task
+threads announce an item when they start working on its job (``arrival()``), so
+the inference thread knows whether waiting can fill the batch: a lone request on
+an idle worker runs at once instead of paying ``max_wait``, while under load the
+batch waits (at most ``max_wait``) for the images still being decoded.
+
+If a batch fails, its items are retried one at a time so that one bad input
+fails only its own job.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +41,18 @@ class _Item:
     submitted: float
 
 
-_STOP = object()
+class Arrival:
+    """One announced item: submit it once, or leave the ``with`` block without it."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self.submitted = False
+
+    def submit(self, payload: Any) -> Future:
+        if self.submitted:
+            raise RuntimeError("this arrival was already submitted")
+        self.submitted = True
+        return self._batcher._enqueue(payload, announced=True)
 
 
 class Batcher:
@@ -50,42 +68,71 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._items: deque[_Item] = deque()
+        self._incoming = 0  # announced items not yet submitted
+        self._stopping = False
+        self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        self._queue.put(_STOP)
+        """Run what was submitted, then end the inference thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
         self._thread.join(timeout)
 
+    @contextmanager
+    def arrival(self) -> Iterator[Arrival]:
+        """Announce an item that this thread will submit soon (after decoding it, say)."""
+        with self._cond:
+            self._incoming += 1
+        arrival = Arrival(self)
+        try:
+            yield arrival
+        finally:
+            if not arrival.submitted:
+                with self._cond:
+                    self._incoming -= 1
+                    # The batch being formed may have been waiting for this one.
+                    self._cond.notify_all()
+
     def submit(self, payload: Any) -> Future:
+        """Submit an item that was not announced."""
+        return self._enqueue(payload, announced=False)
+
+    def _enqueue(self, payload: Any, *, announced: bool) -> Future:
         future: Future = Future()
-        self._queue.put(_Item(payload, future, time.perf_counter()))
+        with self._cond:
+            if announced:
+                self._incoming -= 1
+            self._items.append(_Item(payload, future, time.perf_counter()))
+            self._cond.notify_all()
         return future
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            deadline = first.submitted + self.max_wait_s
-            stopping = False
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._items:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            batch = [self._items.popleft()]
+            deadline = batch[0].submitted + self.max_wait_s
             while len(batch) < self.max_batch:
+                if self._items:
+                    batch.append(self._items.popleft())
+                    continue
                 remaining = deadline - time.perf_counter()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
+                if self._incoming <= 0 or remaining <= 0 or self._stopping:
                     break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
+                self._cond.wait(remaining)
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
             self._run_batch(batch)
-            if stopping:
-                return
 
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.perf_counter()

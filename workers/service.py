@@ -67,23 +67,27 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
     tags = version_tags(context.model_version, f"recognize.{context.model_version}")
     statsd().distribution("job.queue_wait", timings["queue_wait"], tags=tags)
     try:
+        # Announced from here, so that a batch forming meanwhile waits for this image
+        # only while it is being fetched and decoded, and not at all on an idle worker.
+        with context.batcher.arrival() as arrival:
+            try:
+                data = context.images.get(record["image_key"])
+            except JobFailure:
+                raise
+            except Exception as exc:
+                raise TransientError(f"image store: {exc}") from exc
+            t0 = time.perf_counter()
+            rgb = decode_rgb(data, max_side=context.runtime.decode_max_side)
+            t1 = time.perf_counter()
+            try:
+                prepared = context.runtime.prepare(rgb)
+            except Exception as exc:
+                logger.exception("prepare failed", extra={"job_id": job_id})
+                raise InferenceFailed(f"Preparing the image failed: {type(exc).__name__}") from exc
+            t2 = time.perf_counter()
+            future = arrival.submit(prepared)
         try:
-            data = context.images.get(record["image_key"])
-        except JobFailure:
-            raise
-        except Exception as exc:
-            raise TransientError(f"image store: {exc}") from exc
-        t0 = time.perf_counter()
-        rgb = decode_rgb(data, max_side=context.runtime.decode_max_side)
-        t1 = time.perf_counter()
-        try:
-            prepared = context.runtime.prepare(rgb)
-        except Exception as exc:
-            logger.exception("prepare failed", extra={"job_id": job_id})
-            raise InferenceFailed(f"Preparing the image failed: {type(exc).__name__}") from exc
-        t2 = time.perf_counter()
-        try:
-            outcome = context.batcher.submit(prepared).result()
+            outcome = future.result()
         except Exception as exc:
             logger.exception("inference failed", extra={"job_id": job_id})
             raise InferenceFailed(f"The model failed on this image: {type(exc).__name__}") from exc
