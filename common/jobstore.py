@@ -6,7 +6,8 @@ never sees a half-routed job); a worker claims it, then writes the result or the
 failure back exactly once. Writes are idempotent: the first terminal write wins,
 so a job redelivered after a crash can never overwrite a finished result or
 resurrect an expired record. Finishing publishes on ``<prefix>done:<id>`` so
-waiting clients learn of it without polling.
+waiting clients learn of it without polling, and the job id on the channel named
+by the record's ``notify`` field, if any (see ``common.waiting``).
 """
 
 from __future__ import annotations
@@ -95,10 +96,12 @@ if not status then
   return 0
 end
 if status == 'succeeded' or status == 'failed' then return 0 end
+local notify = redis.call('HGET', KEYS[1], 'notify')
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
+if notify and notify ~= '' then redis.call('PUBLISH', notify, ARGV[4]) end
 return 1
 """
 

@@ -7,8 +7,11 @@ shared by all threads (redis-py pools are thread-safe).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
 import time
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +22,8 @@ from common.errors import JobNotFound, NoActiveModel, QueueFull, ServiceUnavaila
 from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
-from common.jobstore import JobStore
+from common.jobstore import TERMINAL, JobStore
+from common.waiting import FinishListener
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,23 @@ def image_store() -> ImageStore:
     return image_store_from_url(settings.IMAGE_STORE_URL, s3_endpoint_url=settings.S3_ENDPOINT_URL)
 
 
+_listener_lock = threading.Lock()
+_listener: FinishListener | None = None
+
+
+def finish_listener() -> FinishListener:
+    """This process's listener for the jobs it creates (started on first use, per process:
+    Gunicorn forks its workers, and a thread does not survive a fork)."""
+    global _listener
+    with _listener_lock:
+        if _listener is None or _listener.pid != os.getpid():
+            _listener = FinishListener.for_process(redis_client(), settings.REDIS_KEY_PREFIX)
+            # The first waiting request waits for the subscription briefly; if Redis is slow
+            # to answer it falls back to a subscription of its own.
+            _listener.start(ready_timeout=1.0)
+        return _listener
+
+
 def _celery():  # type: ignore[no-untyped-def]
     from workers.celery_app import app  # light: the worker's TensorFlow stays unimported
 
@@ -64,25 +85,53 @@ def image_validate(*, data: bytes) -> ImageInfo:
 
 
 def recognition_job_create(
-    *, data: bytes, client_name: str, request_id: str
+    *, data: bytes, client_name: str, request_id: str, wait_seconds: float = 0.0
 ) -> dict[str, str]:
+    """Store the image, create and enqueue the job; return its record, after waiting up to
+    ``wait_seconds`` for it to finish."""
     info = image_validate(data=data)
     store = job_store()
     job_id = store.new_id()
-    image_store().put(job_id, data, info.content_type)
+    listener = finish_listener() if wait_seconds > 0 else None
+    if listener is not None and not listener.subscribed:
+        listener = None
+    fields = {
+        "image_key": job_id,
+        "image_format": info.format,
+        "image_width": info.width,
+        "image_height": info.height,
+        "image_bytes": len(data),
+        "client": client_name,
+        "request_id": request_id,
+        "model_name": settings.MODEL_NAME,
+    }
+    if listener is not None:
+        fields["notify"] = listener.channel
+    # Registered before the job exists, so that its finish cannot come before we listen.
+    with listener.registered(job_id) if listener is not None else nullcontext() as woken:
+        _job_enqueue(store=store, job_id=job_id, data=data, content_type=info.content_type,
+                     fields=fields, client_name=client_name)
+        if wait_seconds <= 0:
+            record = store.get(job_id)
+        elif listener is not None and woken is not None:
+            record = listener.wait(woken, lambda: store.get(job_id),
+                                   lambda r: r.get("status") in TERMINAL, wait_seconds)
+        else:
+            record = store.wait(job_id, wait_seconds)
+    if record is None:  # expired already: only with a TTL shorter than the wait
+        raise JobNotFound()
+    return record
+
+
+def _job_enqueue(
+    *, store: JobStore, job_id: str, data: bytes, content_type: str, fields: dict[str, object],
+    client_name: str,
+) -> None:
+    image_store().put(job_id, data, content_type)
     try:
         routed = store.create(
             job_id=job_id,
-            fields={
-                "image_key": job_id,
-                "image_format": info.format,
-                "image_width": info.width,
-                "image_height": info.height,
-                "image_bytes": len(data),
-                "client": client_name,
-                "request_id": request_id,
-                "model_name": settings.MODEL_NAME,
-            },
+            fields=fields,
             default_version=settings.DEFAULT_MODEL_VERSION,
             max_queue_depth=settings.MAX_QUEUE_DEPTH,
             canary_draw=random.random(),
@@ -97,7 +146,7 @@ def recognition_job_create(
         try:
             _celery().send_task(
                 TASK_NAME,
-                kwargs={"job_id": job_id, "request_id": request_id},
+                kwargs={"job_id": job_id, "request_id": fields["request_id"]},
                 queue=routed.queue,
                 routing_key=routed.queue,
             )
@@ -112,7 +161,6 @@ def recognition_job_create(
         "job queued",
         extra={"job_id": job_id, "model_version": routed.version, "client": client_name},
     )
-    return {"id": job_id, "status": "queued", "model_version": routed.version}
 
 
 def _forget_image(job_id: str) -> None:

@@ -89,10 +89,10 @@ class RecognizeApi(APIView):
         upload = request.FILES.get("image")
         if upload is None:
             raise ImageMissing()
-        job = services.recognition_job_create(
-            data=upload.read(), client_name=request.user.name, request_id=request.request_id
+        record = services.recognition_job_create(
+            data=upload.read(), client_name=request.user.name, request_id=request.request_id,
+            wait_seconds=wait,
         )
-        record = services.recognition_job_get(job_id=job["id"], wait_seconds=wait)
         return _job_response(record)
 
 
