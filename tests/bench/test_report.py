@@ -82,3 +82,16 @@ def test_a_partial_run_still_reports() -> None:
     )
     text, targets = report({"null_e2e": {"1": _agg(1, 45.0, 21)}}, p)
     assert "null model, c=1" in text and targets == []
+
+
+def test_the_raw_read_is_the_fastest_way_by_median_not_the_luckiest_sample() -> None:
+    from bench.__main__ import _fastest_way
+
+    runs = [  # "b" wins one repeat by luck; "a" is faster in the other two
+        {"cold_read": {"all": {"a": 2.0, "b": 1.0}}},
+        {"cold_read": {"all": {"a": 2.1, "b": 3.0}}},
+        {"cold_read": {"all": {"a": 1.9, "b": 2.9}}},
+    ]
+    way, times = _fastest_way(runs, "cold_read")
+    assert way == "a"
+    assert (times["min"], times["median"], times["max"]) == (1.9, 2.0, 2.1)

@@ -241,3 +241,30 @@ def test_the_batch_result_of_the_reference_runtime_equals_one_by_one(
             assert [a["value"] for a in together[name]["alternatives"]] == [
                 a["value"] for a in one[name]["alternatives"]
             ]
+
+
+def test_a_failed_load_leaves_no_read_ahead_thread_behind(volume: ModelVolume, tmp_path: Path) -> None:
+    import threading
+
+    from workers.runtime.tensorflow_backend import KerasBackbone
+
+    copy = tmp_path / "backbone"
+    shutil.copytree(volume.file("backbone"), copy)
+    (copy / "model.json").chmod(0o644)
+    (copy / "model.json").write_text("{not json")
+    with pytest.raises(ValueError):
+        KerasBackbone("map").load(copy)
+    assert not [t for t in threading.enumerate() if t.name == "weights-read-ahead"]
+
+
+def test_the_read_ahead_reads_the_ranges_it_is_given_and_stops_when_told(tmp_path: Path) -> None:
+    from workers.runtime.tensorflow_backend import _Populator
+
+    path = tmp_path / "data"
+    path.write_bytes(np.arange(8 << 20, dtype=np.uint8).tobytes())
+    populator = _Populator(path, [(0, 4 << 20), (4 << 20, 4 << 20)])
+    populator.finish()
+    assert not populator._thread.is_alive()
+    missing = _Populator(tmp_path / "absent", [(0, 4096)])  # reports nothing: the load will
+    missing.finish()
+    assert not missing._thread.is_alive()
