@@ -99,6 +99,7 @@ class Connection:
                 + conn.send(h11.Data(data=body))
                 + conn.send(h11.EndOfMessage())
             )
+            await writer.drain()
             status, chunks = 0, []
             while True:
                 event = conn.next_event()
@@ -138,7 +139,10 @@ async def _one(conn: Connection, target: str, headers: list[tuple[str, str]], up
     if status != 200:
         return Outcome(started, finished, False, f"HTTP {status}: {body[:200]!r}")
     if target == "ours":
-        job = json.loads(body)
+        try:
+            job = json.loads(body)
+        except ValueError:
+            return Outcome(started, finished, False, f"not JSON: {body[:200]!r}")
         if job.get("status") != "succeeded":
             return Outcome(started, finished, False, f"job {job.get('status')}: {job.get('error')}")
         return Outcome(started, finished, True, timings=job.get("timings_ms") or {})
