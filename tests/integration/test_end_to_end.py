@@ -88,6 +88,24 @@ def test_without_wait_it_answers_202_and_the_job_can_be_read_back(stack: Stack, 
     assert done.json()["id"] == job["id"]
 
 
+def test_a_waiting_request_is_woken_through_its_api_process_s_own_subscription(
+    stack: Stack, coffee: Image.Image
+) -> None:
+    import redis
+
+    prefix = stack.env["REDIS_KEY_PREFIX"]
+    response = recognize(stack, jpeg_bytes(coffee))
+    assert response.status_code == 200 and response.json()["status"] == "succeeded"
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    try:
+        channel = client.hget(f"{prefix}job:{response.json()['id']}", "notify")
+        assert channel and channel.startswith(f"{prefix}notify:")
+        assert client.pubsub_numsub(channel) == [(channel, 1)]  # the API process listens on it
+        assert "notify" not in response.json()  # internal: never shown to clients
+    finally:
+        client.close()
+
+
 def test_health_readiness_and_the_openapi_document(stack: Stack) -> None:
     from openapi_spec_validator import validate
 
