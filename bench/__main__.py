@@ -532,6 +532,20 @@ def load_row(part: str, case: str, agg: dict, note: str = "") -> list[str]:
     ]
 
 
+def _one_at_a_time_row(rows: list[list[str]], case: str, runs: list[dict], note: str = "") -> dict:
+    """Add the row of one photo at a time in-process; return its latency summary."""
+    one = latency_summary([x for r in runs for x in r["latencies_ms"]])
+    rows.append(["1", case, "-", fmt(one["p50"]), fmt(one["p95"]), fmt(one["p99"]), note])
+    return one
+
+
+def _pipeline_row(rows: list[list[str]], case: str, runs: list[dict], digits: int, note: str = "") -> dict:
+    """Add the row of an in-process pipeline; return the spread of its rate."""
+    rate = spread(r["img_per_s"] for r in runs)
+    rows.append(["1", case, fmt_spread(rate, digits) + " img/s", "", "", "", note])
+    return rate
+
+
 def report(results: dict, p: dict) -> tuple[str, list[dict]]:
     rows: list[list[str]] = []
     targets: list[dict] = []
@@ -568,30 +582,11 @@ def report(results: dict, p: dict) -> tuple[str, list[dict]]:
                 f"medians, ms: {parts}",
             ]
         )
-        one = latency_summary([x for r in mo["reference_one_at_a_time"] for x in r["latencies_ms"]])
-        pipe = spread(r["img_per_s"] for r in mo["reference_pipeline"])
-        rows.append(
-            [
-                "1",
-                "reference, decode+prepare+predict, 1 photo at a time",
-                "-",
-                fmt(one["p50"]),
-                fmt(one["p95"]),
-                fmt(one["p99"]),
-                "in-process latency at one client",
-            ]
-        )
-        rows.append(
-            [
-                "1",
-                f"reference in-process pipeline ({p['threads']} threads, Batcher {p['batch']})",
-                fmt_spread(pipe, 2) + " img/s",
-                "",
-                "",
-                "",
-                "the most the full model does here",
-            ]
-        )
+        one = _one_at_a_time_row(rows, "reference, decode+prepare+predict, 1 photo at a time",
+                                 mo["reference_one_at_a_time"], "in-process latency at one client")
+        pipe = _pipeline_row(rows, f"reference in-process pipeline ({p['threads']} threads, "
+                             f"Batcher {p['batch']})", mo["reference_pipeline"], 2,
+                             "the most the full model does here")
         for size, runs in mo["backbone_predict"].items():
             rate = spread(r["img_per_s"] for r in runs)
             model_rate[size] = rate["median"]
@@ -606,30 +601,10 @@ def report(results: dict, p: dict) -> tuple[str, list[dict]]:
                     "same network, no OCR/color",
                 ]
             )
-        bone = latency_summary([x for r in mo["backbone_one_at_a_time"] for x in r["latencies_ms"]])
-        bpipe = spread(r["img_per_s"] for r in mo["backbone_pipeline"])
-        rows.append(
-            [
-                "1",
-                "backbone-only, decode+crop+predict, 1 at a time",
-                "-",
-                fmt(bone["p50"]),
-                fmt(bone["p95"]),
-                fmt(bone["p99"]),
-                "",
-            ]
-        )
-        rows.append(
-            [
-                "1",
-                f"backbone-only in-process pipeline ({p['threads']} thr, Batcher {p['batch']})",
-                fmt_spread(bpipe) + " img/s",
-                "",
-                "",
-                "",
-                "",
-            ]
-        )
+        bone = _one_at_a_time_row(rows, "backbone-only, decode+crop+predict, 1 at a time",
+                                  mo["backbone_one_at_a_time"])
+        bpipe = _pipeline_row(rows, f"backbone-only in-process pipeline ({p['threads']} thr, "
+                              f"Batcher {p['batch']})", mo["backbone_pipeline"], 1)
         results["derived"] = {
             "reference_pipeline": pipe["median"],
             "backbone_pipeline": bpipe["median"],

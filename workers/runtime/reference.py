@@ -95,16 +95,9 @@ class ReferenceRuntime:
 
     def _compose(self, prepared: Prepared, probs: np.ndarray, category_probs: np.ndarray) -> dict[str, Any]:
         t = self.thresholds
-        order = np.argsort(-category_probs)[:TOP_K]
-        best = int(order[0])
-        category = field(
-            self.categories[best],
-            float(category_probs[best]),
-            t["category"],
-            [(self.categories[i], float(category_probs[i])) for i in order],
+        category, best, nouns = category_and_classes(
+            self.categories, self.class_category, probs, category_probs, t["category"]
         )
-        in_category = np.where(self.class_category == best)[0]
-        nouns = in_category[np.argsort(-probs[in_category])][:TOP_K]
         color = prepared.color
         brand = prepared.brand
         color_field = field(color.name, color.confidence, t["color"], color.alternatives[:TOP_K])
@@ -118,6 +111,24 @@ class ReferenceRuntime:
         ]
         name = field(names[0][0], float(category_probs[best]), t["name"], names)
         return {"name": name, "category": category, "brand": brand_field, "color": color_field}
+
+
+def category_and_classes(
+    categories: list[str], class_category: np.ndarray, probs: np.ndarray,
+    category_probs: np.ndarray, threshold: float,
+) -> tuple[dict[str, Any], int, np.ndarray]:
+    """The category field (its top-K alternatives), the best category's index, and the indices
+    of the top-K ImageNet classes within that category, most probable first."""
+    order = np.argsort(-category_probs)[:TOP_K]
+    best = int(order[0])
+    category = field(
+        categories[best],
+        float(category_probs[best]),
+        threshold,
+        [(categories[i], float(category_probs[i])) for i in order],
+    )
+    in_category = np.where(class_category == best)[0]
+    return category, best, in_category[np.argsort(-probs[in_category])][:TOP_K]
 
 
 def load_taxonomy(labels: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
