@@ -1,7 +1,7 @@
 """GPU check of the ported EfficientNet-Lite0 backbone: same Keras 3 model.json + safetensors,
 run under Keras' JAX backend (the device image has JAX+CUDA, not TensorFlow).
 Checks the predictions match the CPU/TensorFlow reference and measures model-only throughput."""
-import json, os, sys, time
+import json, os, time
 os.environ["KERAS_BACKEND"] = "jax"
 import numpy as np
 import jax

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import redis
 
@@ -64,10 +64,8 @@ class FinishListener:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        try:
+        with suppress(redis.RedisError):
             self.client.publish(self.channel, "")  # ends the listener's blocking read now
-        except redis.RedisError:
-            pass
         self._thread.join(timeout)
 
     @contextmanager
@@ -131,8 +129,6 @@ class FinishListener:
                 self._wake_all()
                 self._stopping.wait(self.reconnect_seconds)
             finally:
-                try:
+                with suppress(Exception):  # closing a broken connection
                     pubsub.close()
-                except Exception:  # closing a broken connection
-                    pass
         self._subscribed.clear()
