@@ -108,7 +108,7 @@ def child(volume_path: Path, weights: str = "map") -> dict:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from models_registry.volume import ModelVolume
+    from common.volume import ModelVolume
     from workers.runtime import tensorflow_backend  # noqa: F401  (TF imported before the clock starts)
     from workers.runtime.huge import HugeRuntime
 

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from common.imaging import decode_rgb
-    from models_registry.volume import ModelVolume
+    from common.volume import ModelVolume
     from workers.runtime.huge import HugeRuntime
     from workers.runtime.reference import ReferenceRuntime
 

@@ -20,14 +20,18 @@ from typing import Any
 
 import redis
 
+from common.queues import QUEUE_PREFIX
+from common.rollout import rollout_key
+
 QUEUED = "queued"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 
-# Creates the job and picks its model version from the rollout state in one round trip.
-# The queue key is derived inside the script (single-node Redis; not for Redis Cluster).
+# Creates the job and picks its model version from the rollout state (the hash and fields
+# of ``common.rollout``) in one round trip. The queue key is derived inside the script
+# (``common.queues``; single-node Redis, not for Redis Cluster).
 _CREATE = """
 local active = redis.call('HGET', KEYS[1], 'active')
 if not active or active == '' then active = ARGV[1] end
@@ -150,11 +154,7 @@ class JobStore:
 
     @property
     def rollout_key(self) -> str:
-        return f"{self.prefix}rollout"
-
-    @property
-    def queue_prefix(self) -> str:
-        return "recognize."
+        return rollout_key(self.prefix)
 
     # --- API side ---------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class JobStore:
                 repr(canary_draw),
                 str(max_queue_depth),
                 str(self.ttl_seconds),
-                self.queue_prefix,
+                QUEUE_PREFIX,
                 repr(now + self.lease_seconds),
                 job_id,
                 *flat,

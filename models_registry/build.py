@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from models_registry.volume import MANIFEST, SCHEMA, ModelVolume, VolumeError, file_entries, version_dir
+from common.volume import MANIFEST, SCHEMA, ModelVolume, VolumeError, file_entries, version_dir
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE_THRESHOLDS = {"category": 0.35, "brand": 0.75, "color": 0.3, "name": 0.35}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import click
 
-from models_registry.volume import ModelVolume, VolumeError, version_dir
+from common.volume import ModelVolume, VolumeError, version_dir
 
 
 def _settings():  # type: ignore[no-untyped-def]
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recognition_api.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.conf import settings
 
     return settings
@@ -170,6 +170,7 @@ def _forced_warning(force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool) -> None:
     """Active and canary versions, ready workers and queue depth per version."""
+    from common.queues import queue_depth, queue_for
     from models_registry import rollout
 
     settings = _settings()
@@ -183,7 +184,7 @@ def status(as_json: bool) -> None:
         workers = rollout.worker_details(client, prefix=prefix, version=version)
         verified = client.hget(rollout.verified_key(prefix, version), "manifest_sha256")
         rows.append({"version": version, "ready_workers": len(workers),
-                     "queue_depth": rollout.queue_depth(client, version),
+                     "queue": queue_for(version), "queue_depth": queue_depth(client, version),
                      "verified": bool(verified),
                      "role": ("active" if version == state.active else "canary" if version == state.canary
                               else "previous" if version == state.previous else "")})
@@ -207,12 +208,14 @@ def status(as_json: bool) -> None:
 def promote(version: str, force: bool) -> None:
     """Send new jobs to VERSION. Refuses unless VERSION passed `verify` and has ready workers
     that loaded exactly that volume."""
+    from common.queues import queue_for
     from models_registry.rollout import model_version_promote
 
     _forced_warning(force)
     state = _rollout_call(model_version_promote, version=version, force=force,
                           default_version=_settings().DEFAULT_MODEL_VERSION)
-    click.echo(f"active: {state.active} (previous: {state.previous}); new jobs go to recognize.{state.active}")
+    click.echo(f"active: {state.active} (previous: {state.previous}); new jobs go to "
+               f"{queue_for(state.active)}")
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from common.imaging import decode_rgb
-from models_registry.volume import ModelVolume
+from common.volume import ModelVolume
 
 BATCH = 16
 

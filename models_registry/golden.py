@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.imaging import decode_rgb
-from models_registry.volume import ModelVolume
+from common.volume import ModelVolume
 
 GOLDEN = "golden"
 # Confidences may differ slightly between CPU and GPU kernels; top values may not.

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from models_registry.build import DATA, REFERENCE_THRESHOLDS, backbone_input_spec, build_volume
-from models_registry.volume import ModelVolume
+from common.volume import ModelVolume
 
 GB = 10**9
 EMBEDDING_SIZE = 1280

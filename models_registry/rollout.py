@@ -1,8 +1,6 @@
-"""Which model version serves new jobs: the rollout state in Redis.
+"""Changes of the rollout state (``common.rollout``): promote, rollback, canary.
 
-State (one hash, ``<prefix>rollout``): ``active``, ``previous``, ``canary``,
-``canary_weight``, ``updated_by``, ``updated_at``. The API reads it atomically
-with each job's creation (``common.jobstore``); only these functions change it.
+Only these functions change the state; the API and the workers only read it.
 
 Guarantees: a version becomes active (or canary) only when it has ready workers,
 every one of which loaded exactly the volume that ``verify`` passed (same
@@ -16,54 +14,28 @@ import getpass
 import json
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from common.heartbeat import ready_workers, worker_key
+from common.heartbeat import ready_workers, worker_key, workers_key
+from common.rollout import (
+    CANARY,
+    RolloutState,
+    decode_hash,
+    history_key,
+    rollout_key,
+    rollout_state,
+    verified_key,
+)
 
 
 class RolloutRefused(Exception):
     """The change would route jobs to a version that cannot serve them."""
 
 
-@dataclass(frozen=True)
-class RolloutState:
-    active: str | None
-    previous: str | None
-    canary: str | None
-    canary_weight: float
-    updated_by: str | None
-    updated_at: float | None
-
-
-def _key(prefix: str) -> str:
-    return f"{prefix}rollout"
-
-
-def _history_key(prefix: str) -> str:
-    return f"{prefix}rollout:history"
-
-
-def verified_key(prefix: str, version: str) -> str:
-    return f"{prefix}verified:{version}"
-
-
 def actor() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-def rollout_state(client: redis.Redis, *, prefix: str, default_version: str | None = None) -> RolloutState:
-    raw = {k.decode(): v.decode() for k, v in client.hgetall(_key(prefix)).items()}
-    return RolloutState(
-        active=raw.get("active") or default_version,
-        previous=raw.get("previous") or None,
-        canary=raw.get("canary") or None,
-        canary_weight=float(raw.get("canary_weight") or 0.0),
-        updated_by=raw.get("updated_by"),
-        updated_at=float(raw["updated_at"]) if raw.get("updated_at") else None,
-    )
 
 
 def worker_details(client: redis.Redis, *, prefix: str, version: str) -> list[dict[str, Any]]:
@@ -77,8 +49,9 @@ def worker_details(client: redis.Redis, *, prefix: str, version: str) -> list[di
 
 def known_versions(client: redis.Redis, *, prefix: str) -> list[str]:
     versions = set()
-    for key in client.scan_iter(match=f"{prefix}workers:*", count=500):
-        versions.add(key.decode()[len(f"{prefix}workers:"):])
+    start = len(workers_key(prefix, ""))
+    for key in client.scan_iter(match=workers_key(prefix, "*"), count=500):
+        versions.add(key.decode()[start:])
     return sorted(versions)
 
 
@@ -110,12 +83,12 @@ def check_servable(client: redis.Redis, *, prefix: str, version: str) -> list[st
 
 def _change(client: redis.Redis, *, prefix: str, event: dict[str, Any], update) -> RolloutState:  # type: ignore[no-untyped-def]
     """Apply ``update(current) -> dict`` atomically (optimistic WATCH/MULTI)."""
-    key = _key(prefix)
+    key = rollout_key(prefix)
     with client.pipeline() as pipe:
         while True:
             try:
                 pipe.watch(key)
-                current = {k.decode(): v.decode() for k, v in pipe.hgetall(key).items()}
+                current = decode_hash(pipe.hgetall(key))
                 changes = update(current)
                 pipe.multi()
                 changes.update({"updated_by": event["by"], "updated_at": repr(event["at"])})
@@ -124,8 +97,8 @@ def _change(client: redis.Redis, *, prefix: str, event: dict[str, Any], update) 
                         pipe.hdel(key, field)
                     else:
                         pipe.hset(key, field, value)
-                pipe.lpush(_history_key(prefix), json.dumps({**event, "before": current}))
-                pipe.ltrim(_history_key(prefix), 0, 199)
+                pipe.lpush(history_key(prefix), json.dumps({**event, "before": current}))
+                pipe.ltrim(history_key(prefix), 0, 199)
                 pipe.execute()
                 break
             except redis.WatchError:
@@ -148,7 +121,7 @@ def model_version_promote(
         if active == version:
             return {}
         changes: dict[str, Any] = {"active": version, "previous": active}
-        if current.get("canary") == version:
+        if current.get(CANARY) == version:
             changes.update(canary=None, canary_weight=None)
         return changes
 
@@ -197,9 +170,4 @@ def model_version_canary(
 
 
 def rollout_history(client: redis.Redis, *, prefix: str, limit: int = 20) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in client.lrange(_history_key(prefix), 0, limit - 1)]
-
-
-def queue_depth(client: redis.Redis, version: str) -> int:
-    return int(client.llen(f"recognize.{version}"))
-
+    return [json.loads(x) for x in client.lrange(history_key(prefix), 0, limit - 1)]

@@ -23,12 +23,11 @@ from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
 from common.jobstore import TERMINAL, JobStore
+from common.queues import recognition_send
+from common.rollout import rollout_state
 from common.waiting import FinishListener
 
 logger = logging.getLogger(__name__)
-
-TASK_NAME = "recognition.recognize"  # the contract with the worker image; never rename
-
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
@@ -70,7 +69,7 @@ def finish_listener() -> FinishListener:
 
 
 def _celery():  # type: ignore[no-untyped-def]
-    from workers.celery_app import app  # light: the worker's TensorFlow stays unimported
+    from config.celery_app import app  # light: the worker's TensorFlow stays unimported
 
     return app
 
@@ -144,12 +143,8 @@ def _job_enqueue(
         if routed.outcome != "ok":
             raise NoActiveModel()
         try:
-            _celery().send_task(
-                TASK_NAME,
-                kwargs={"job_id": job_id, "request_id": fields["request_id"]},
-                queue=routed.queue,
-                routing_key=routed.queue,
-            )
+            recognition_send(_celery(), job_id=job_id, request_id=str(fields["request_id"]),
+                             queue=routed.queue)
         except Exception as exc:
             store.delete(job_id)
             logger.warning("enqueue failed: %s", exc)
@@ -190,20 +185,19 @@ def readiness() -> dict[str, Any]:
     started = time.perf_counter()
     client.ping()
     ping_ms = (time.perf_counter() - started) * 1000
-    state = client.hgetall(job_store().rollout_key)
-    state = {k.decode(): v.decode() for k, v in state.items()}
-    active = state.get("active") or settings.DEFAULT_MODEL_VERSION
+    state = rollout_state(client, prefix=settings.REDIS_KEY_PREFIX,
+                          default_version=settings.DEFAULT_MODEL_VERSION)
+    active = state.active
     workers = ready_workers(client, prefix=settings.REDIS_KEY_PREFIX, version=active)
     report: dict[str, Any] = {
         "redis": {"ok": True, "ping_ms": round(ping_ms, 2)},
         "active_version": active,
         "ready_workers": len(workers),
     }
-    canary = state.get("canary")
-    if canary:
-        report["canary_version"] = canary
+    if state.canary:
+        report["canary_version"] = state.canary
         report["canary_ready_workers"] = len(
-            ready_workers(client, prefix=settings.REDIS_KEY_PREFIX, version=canary)
+            ready_workers(client, prefix=settings.REDIS_KEY_PREFIX, version=state.canary)
         )
     report["ready"] = bool(workers)
     return report

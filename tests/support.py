@@ -160,7 +160,7 @@ def stack_env(tmp: Path, redis_url: str, *, model_root: Path, default_version: s
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "MODEL_", "API_"))},
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
-        "DJANGO_SETTINGS_MODULE": "recognition_api.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": f"t{os.getpid()}:",
         "MODEL_ROOT": str(model_root),

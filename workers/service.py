@@ -13,6 +13,7 @@ from common.imagestore import ImageStore
 from common.imaging import decode_rgb
 from common.jobstore import JobStore
 from common.metrics import statsd, version_tags
+from common.queues import queue_for
 from workers.batching import Batcher
 from workers.runtime import ModelRuntime
 
@@ -64,7 +65,7 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
     timings: dict[str, float] = {}
     started_at = float(record["started_at"])
     timings["queue_wait"] = round((started_at - float(record["created_at"])) * 1000, 2)
-    tags = version_tags(context.model_version, f"recognize.{context.model_version}")
+    tags = version_tags(context.model_version, queue_for(context.model_version))
     statsd().distribution("job.queue_wait", timings["queue_wait"], tags=tags)
     try:
         # Announced from here, so that a batch forming meanwhile waits for this image
@@ -125,7 +126,7 @@ def _delivery_limit(deliveries: int) -> JobFailure:
 def _record_failure(context: WorkerContext, job_id: str, failure: JobFailure) -> None:
     logger.warning("job failed", extra={"job_id": job_id, "code": failure.code})
     statsd().increment("job.completed", tags=[
-        *version_tags(context.model_version, f"recognize.{context.model_version}"),
+        *version_tags(context.model_version, queue_for(context.model_version)),
         "status:failed", f"error_code:{failure.code}"])
     try:
         context.jobs.fail(

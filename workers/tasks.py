@@ -8,18 +8,19 @@ import time
 from celery.exceptions import Reject
 
 from common.logs import request_id_var
-from workers import lifecycle
-from workers.celery_app import app
+from common.queues import TASK_NAME
+from config.celery_app import app
+from workers import process
 from workers.service import TransientError, recognition_job_process
 
 logger = logging.getLogger(__name__)
 
 
-@app.task(name="recognition.recognize", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def recognize(job_id: str, request_id: str | None = None) -> str:
     token = request_id_var.set(request_id)
     try:
-        outcome = recognition_job_process(job_id=job_id, context=lifecycle.context())
+        outcome = recognition_job_process(job_id=job_id, context=process.current().context)
         logger.info("job processed", extra={"job_id": job_id, "outcome": outcome})
         return outcome
     except TransientError as exc:

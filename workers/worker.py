@@ -1,6 +1,9 @@
 """Entry module of a worker process: ``celery -A workers.worker worker ...``.
 
-See ``scripts/start-worker`` for the options we run it with.
+See ``scripts/start-worker`` for the options we run it with. Celery's signals drive the
+one ``WorkerProcess`` of this process: load before the consumer starts (no message is
+taken before the model is loaded and warmed up), ready once consuming, withdraw when
+shutdown starts, unload when it ends.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import logging.config
 from celery import signals
 from django.conf import settings
 
-from workers import lifecycle, tasks  # noqa: F401  (registers the task)
-from workers.celery_app import app
+from config.celery_app import app
+from workers import process, tasks  # noqa: F401  (tasks: registers the task)
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ def _setup_logging(**kwargs) -> None:  # type: ignore[no-untyped-def]
 @signals.worker_init.connect
 def _load_model(**kwargs) -> None:  # type: ignore[no-untyped-def]
     try:
-        lifecycle.load()
+        process.install(process.WorkerProcess.from_settings(settings)).load()
     except Exception:
         logger.exception("model load failed; exiting")
         raise SystemExit(3) from None  # a worker without its model must not consume
@@ -33,17 +36,17 @@ def _load_model(**kwargs) -> None:  # type: ignore[no-untyped-def]
 
 @signals.worker_ready.connect
 def _ready(**kwargs) -> None:  # type: ignore[no-untyped-def]
-    lifecycle.mark_ready()
+    process.current().start()
 
 
 @signals.worker_shutting_down.connect
 def _draining(**kwargs) -> None:  # type: ignore[no-untyped-def]
-    lifecycle.withdraw()
+    process.current().withdraw()
 
 
 @signals.worker_shutdown.connect
 def _stopped(**kwargs) -> None:  # type: ignore[no-untyped-def]
-    lifecycle.unload()
+    process.current().unload()
 
 
 __all__ = ["app"]

@@ -31,6 +31,8 @@ import pytest
 import redis
 from PIL import Image
 
+from common.queues import queue_for
+
 from tests.deploy.kube import (
     K8S,
     ROOT,
@@ -266,15 +268,15 @@ def test_the_manifests_commands_roll_out_a_model_version_end_to_end(cluster: Clu
 
         # Keep: wait until blue's queue is drained before blue is scaled down.
         blue_version = CONFIGMAPS["worker-blue"]["WORKER_MODEL_VERSION"]
-        client.rpush(f"recognize.{blue_version}", json.dumps({"stranded": True}))
+        client.rpush(queue_for(blue_version), json.dumps({"stranded": True}))
         drain = cluster.start(one(K8S / "jobs" / "drain-wait-blue.yaml", "Job"), "drain-wait", "drain", api_image=True)
         processes.append(drain)
         wait_until(lambda: "still holds 1 jobs" in drain.output(), 15, "the drain wait to see the stranded job")
         assert drain.alive(), drain.output()
-        client.delete(f"recognize.{blue_version}")
+        client.delete(queue_for(blue_version))
         wait_until(lambda: not drain.alive(), 15, "the drain wait")
         assert drain.popen.returncode == 0, drain.output()
-        assert f"recognize.{blue_version} is empty" in drain.output()
+        assert f"{queue_for(blue_version)} is empty" in drain.output()
 
         # Roll back: refused while blue has no ready workers (model-rollback.json scales it up first).
         rolled = cluster.run(one(K8S / "jobs" / "rollback.yaml", "Job"), "rollback", "rollback", api_image=True)

@@ -146,7 +146,7 @@ def dockerignore_patterns() -> list[str]:
 
 def test_the_build_context_holds_the_application_and_not_venvs_models_secrets_or_tests() -> None:
     patterns = dockerignore_patterns()
-    for kept in ("common/env.py", "recognition_api/settings.py", "workers/worker.py", "models_registry/cli.py",
+    for kept in ("common/env.py", "config/settings.py", "workers/worker.py", "models_registry/cli.py",
                  "scripts/start-api", "scripts/start-worker", "docker/bin/start-worker", "docker/bin/healthcheck-api",
                  "gunicorn.conf.py", "manage.py", "requirements.txt", "requirements-api.txt",
                  "requirements-nodeps.txt"):

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from common.queues import queue_for
+
 from tests.conftest import jpeg_bytes
 from tests.support import ROOT, Process, Stack, stack_env, start_redis, wait_until
 
@@ -89,7 +91,7 @@ def assert_no_failures(load: Load) -> None:
 
 def assert_queues_drained(stack: Stack) -> None:
     client = redis.Redis.from_url(stack.redis_url)
-    wait_until(lambda: client.llen("recognize.1") + client.llen("recognize.2") + client.hlen("unacked") == 0,
+    wait_until(lambda: client.llen(queue_for("1")) + client.llen(queue_for("2")) + client.hlen("unacked") == 0,
                60, "queues to drain")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from common.queues import queue_for
+
 from tests.conftest import jpeg_bytes
 from tests.support import Stack, stack_env, start_redis, wait_until
 
@@ -71,7 +73,7 @@ def test_jobs_held_by_a_killed_worker_are_redelivered_and_finish(crash_stack: St
         assert int(store.hget(f"{prefix}job:{job_id}", "deliveries")) >= 2
         assert store.hget(f"{prefix}job:{job_id}", "worker").endswith(f":{second.popen.pid}")
     # Acks follow the result writes closely, but not atomically.
-    wait_until(lambda: store.hlen("unacked") == 0 and store.llen("recognize.1") == 0, 30,
+    wait_until(lambda: store.hlen("unacked") == 0 and store.llen(queue_for("1")) == 0, 30,
                "the broker to hold no message")
 
 
@@ -82,7 +84,7 @@ def test_a_job_whose_message_vanished_is_sent_again_and_finishes(crash_stack: St
     with stack.client() as client:
         job_id = client.post("/recognize", files={"image": ("c.jpg", jpeg_bytes(coffee), "image/jpeg")}).json()["id"]
     store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    assert store.delete("recognize.1") == 1  # the only message, gone
+    assert store.delete(queue_for("1")) == 1  # the only message, gone
     worker = stack.start_worker("1", name="reaper")
     stack.wait_worker_ready(worker, "1")
     with stack.client() as client:

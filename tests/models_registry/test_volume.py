@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models_registry.build import build_volume, remove_volume
-from models_registry.volume import ModelVolume, VolumeError
+from common.volume import ModelVolume, VolumeError
 
 
 def make(root: Path, version: str = "1") -> ModelVolume:

@@ -7,14 +7,14 @@ from tests.support import ROOT
 
 PROBE = """
 import os, sys
-os.environ["DJANGO_SETTINGS_MODULE"] = "recognition_api.settings"
+os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
 from recognition_api.wsgi import application
 from django.test import Client
 from django.urls import get_resolver
 for pattern in get_resolver().url_patterns:
     getattr(pattern, "callback", None)
 client = Client(HTTP_HOST="localhost")
-import recognition_api.services, workers.celery_app  # the enqueue path
+import recognition_api.services, config.celery_app  # the enqueue path
 assert client.get("/healthz").status_code == 200
 assert client.get("/openapi.json").status_code == 200
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "onnxruntime", "cv2", "rapidocr_onnxruntime"))

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from models_registry.huge import build_huge, catalog_shard, write_safetensors
-from models_registry.volume import ModelVolume
+from common.volume import ModelVolume
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

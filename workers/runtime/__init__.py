@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models_registry.volume import ModelVolume, VolumeError
+from common.volume import ModelVolume, VolumeError
 
 
 class ModelRuntime(Protocol):

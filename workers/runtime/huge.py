@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models_registry.volume import ModelVolume
+from common.volume import ModelVolume
 from workers.runtime import field
 from workers.runtime.reference import category_and_classes, compose_name, load_taxonomy
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from models_registry.volume import ModelVolume
+from common.volume import ModelVolume
 from workers.runtime import field
 
 

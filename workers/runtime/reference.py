@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models_registry.volume import ModelVolume
+from common.volume import ModelVolume
 from workers.runtime import field
 from workers.runtime.brand import BrandReader, BrandResult
 from workers.runtime.color import ColorResult, dominant_color

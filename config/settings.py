@@ -10,7 +10,16 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from common.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+from common.env import (
+    ConfigurationError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_secret,
+    env_str,
+)
+from common.queues import queue_for
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("RECOGNITION_VAR_DIR", str(BASE_DIR / "var")))
@@ -42,6 +51,9 @@ TIME_ZONE = "UTC"
 APPEND_SLASH = False
 
 # --- Redis ---------------------------------------------------------------------------
+# One Redis holds the job records AND the Celery queues: job creation checks a queue's
+# depth atomically with routing the job, and the workers move messages between queues,
+# so the broker cannot be another Redis (see common/queues.py).
 REDIS_URL = env_secret("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "recog:")
 # Redis calls from request handlers fail fast rather than hang a client.
@@ -81,9 +93,15 @@ BATCH_MAX_SIZE = env_int("BATCH_MAX_SIZE", 16, minimum=1, maximum=1024)
 BATCH_MAX_WAIT_MS = env_float("BATCH_MAX_WAIT_MS", 5.0, minimum=0, maximum=1000)
 WORKER_THREADS = env_int("WORKER_THREADS", 0, minimum=0)  # 0: derived from batch size
 
-# --- Celery (read by workers.celery_app with namespace="CELERY") -------------------
+# --- Celery (read by config.celery_app with namespace="CELERY") -------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", REDIS_URL)
+if CELERY_BROKER_URL != REDIS_URL:
+    raise ConfigurationError(
+        "CELERY_BROKER_URL must equal REDIS_URL (or be unset): the queues live in the Redis "
+        "database of the job records, which admits and routes each job atomically with "
+        "checking its queue's depth"
+    )
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle
@@ -117,7 +135,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": REDIS_SOCKET_TIMEOUT,
     "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
 }
-CELERY_TASK_DEFAULT_QUEUE = f"recognize.{WORKER_MODEL_VERSION}"
+# The queue a worker consumes (scripts/start-worker passes no --queues).
+CELERY_TASK_DEFAULT_QUEUE = queue_for(WORKER_MODEL_VERSION)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 

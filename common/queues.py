@@ -1,0 +1,43 @@
+"""The queue contract between the API and the workers: task name, queue names, messages.
+
+One Celery task, ``recognition.recognize``, with JSON keyword arguments ``job_id`` and
+``request_id``; one queue per model version, ``recognize.<version>``. Both are the
+contract between two images, spelled here and nowhere else.
+
+The queues live in the Redis database that holds the job records (``REDIS_URL``):
+the job-creation script checks a queue's depth atomically with routing the job, and a
+draining worker moves leftover messages from one queue to another, so the broker and
+the job store are one Redis by design (``config.settings`` refuses a different
+``CELERY_BROKER_URL``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import redis
+
+TASK_NAME = "recognition.recognize"  # never rename: workers of the old image consume it
+QUEUE_PREFIX = "recognize."
+
+
+class TaskSender(Protocol):
+    """What a Celery app offers to enqueue (``app.send_task``)."""
+
+    def send_task(self, name: str, *, kwargs: dict[str, Any], queue: str, routing_key: str) -> Any: ...
+
+
+def queue_for(version: str) -> str:
+    """The queue that the workers of model ``version`` consume."""
+    return f"{QUEUE_PREFIX}{version}"
+
+
+def queue_depth(client: redis.Redis, version: str) -> int:
+    """Messages waiting on ``version``'s queue (kombu's Redis transport keeps a list)."""
+    return int(client.llen(queue_for(version)))
+
+
+def recognition_send(app: TaskSender, *, job_id: str, request_id: str | None, queue: str) -> None:
+    """Put one job's message on ``queue``."""
+    app.send_task(TASK_NAME, kwargs={"job_id": job_id, "request_id": request_id},
+                  queue=queue, routing_key=queue)

@@ -1,0 +1,224 @@
+"""The worker process's steps, called one at a time in-process: a real Redis, a real Celery
+app sending to it, the null model, and a local image store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from common import heartbeat
+from common.imagestore import LocalImageStore
+from common.queues import TASK_NAME, queue_for
+from common.rollout import rollout_key
+from models_registry.build import build_null
+from workers.process import WorkerConfig, WorkerProcess
+
+
+@pytest.fixture
+def version() -> str:
+    """A version of each test's own: queue names are not prefixed, so tests must not share them."""
+    return f"p{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def config(tmp_path: Path, key_prefix: str, version: str) -> WorkerConfig:
+    build_null(tmp_path / "models", version)
+    return WorkerConfig(
+        model_root=tmp_path / "models", model_name="reference", version=version, default_version=version,
+        key_prefix=key_prefix, ready_file=tmp_path / "ready", heartbeat_seconds=1.0,
+        reaper_interval_seconds=10.0, job_ttl_seconds=3600, job_lease_seconds=0.05, max_deliveries=3,
+        batch_max_size=4, batch_max_wait_ms=1.0,
+    )
+
+
+@pytest.fixture
+def sender(redis_url: str) -> Iterator[Celery]:
+    app = Celery("tests", broker=redis_url)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def make_process(tmp_path: Path, redis_client: redis.Redis, sender: Celery) -> Iterator:
+    made: list[WorkerProcess] = []
+
+    def make(config: WorkerConfig, worker_id: str = "host:1", *, load: bool = True) -> WorkerProcess:
+        process = WorkerProcess(config, client=redis_client, images=LocalImageStore(tmp_path / "images"),
+                                sender=sender, worker_id=worker_id)
+        if load:
+            process.load()
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        process.unload()
+
+
+@pytest.fixture
+def process(make_process, config: WorkerConfig) -> WorkerProcess:  # type: ignore[no-untyped-def]
+    return make_process(config)
+
+
+def messages(client: redis.Redis, queue: str) -> list[tuple[str, dict]]:
+    """(task name, kwargs) of each message kombu's Redis transport put on ``queue``."""
+    out = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        out.append((message["headers"]["task"], kwargs))
+    return out
+
+
+def overdue_job(process: WorkerProcess, version: str) -> str:
+    """A job created for ``version`` whose lease has run out."""
+    job_id = process.jobs.new_id()
+    process.jobs.create(job_id=job_id, fields={"request_id": "req-1"}, default_version=version,
+                        max_queue_depth=0, canary_draw=0.5)
+    time.sleep(process.config.job_lease_seconds * 2)
+    return job_id
+
+
+def test_it_loads_the_volume_and_reports_ready_with_a_file_and_a_heartbeat(
+    process: WorkerProcess, redis_client: redis.Redis, config: WorkerConfig,
+) -> None:
+    assert process.context.model_version == config.version
+    process.beat()
+    assert float(config.ready_file.read_text()) == pytest.approx(time.time(), abs=5)
+    assert heartbeat.ready_workers(redis_client, prefix=config.key_prefix, version=config.version) == ["host:1"]
+    details = json.loads(redis_client.get(heartbeat.worker_key(config.key_prefix, "host:1")))
+    assert details["manifest_sha256"] == process.context.runtime.volume.manifest_sha256
+    assert details["pid"] == os.getpid()
+
+
+def test_withdraw_removes_the_ready_file_and_the_heartbeat(
+    process: WorkerProcess, redis_client: redis.Redis, config: WorkerConfig,
+) -> None:
+    process.beat()
+    process.withdraw()
+    assert not config.ready_file.exists()
+    assert heartbeat.ready_workers(redis_client, prefix=config.key_prefix, version=config.version) == []
+
+
+def test_the_housekeeping_thread_beats_until_withdrawn(process: WorkerProcess, config: WorkerConfig) -> None:
+    process.start()
+    first = float(config.ready_file.read_text())
+    deadline = time.monotonic() + 10
+    while float(config.ready_file.read_text()) == first:
+        assert time.monotonic() < deadline, "the housekeeping thread did not beat again"
+        time.sleep(0.1)
+    process.withdraw()
+    assert process._thread is not None
+    process._thread.join(5)
+    assert not process._thread.is_alive()
+
+
+def test_it_sends_an_overdue_job_again_to_its_own_versions_queue(
+    process: WorkerProcess, redis_client: redis.Redis, version: str,
+) -> None:
+    job_id = overdue_job(process, version)
+    assert process.reap() == 1
+    assert messages(redis_client, queue_for(version)) == [
+        (TASK_NAME, {"job_id": job_id, "request_id": "req-1"})]
+
+
+def test_an_overdue_job_of_a_retired_version_goes_to_the_active_versions_queue(
+    process: WorkerProcess, redis_client: redis.Redis, version: str, config: WorkerConfig,
+) -> None:
+    job_id = overdue_job(process, version)
+    active = f"{version}-new"
+    redis_client.hset(rollout_key(config.key_prefix), mapping={"active": active, "previous": version})
+    assert process.reap() == 1  # no ready worker of `version` (this one never beat)
+    assert messages(redis_client, queue_for(version)) == []
+    assert messages(redis_client, queue_for(active)) == [
+        (TASK_NAME, {"job_id": job_id, "request_id": "req-1"})]
+    redis_client.delete(queue_for(active))
+
+
+def test_only_one_worker_reaps_in_an_interval(
+    make_process, process: WorkerProcess, redis_client: redis.Redis, version: str, config: WorkerConfig,
+) -> None:  # type: ignore[no-untyped-def]
+    other = make_process(config, "host:2", load=False)
+    overdue_job(process, version)
+    assert process.reap() == 1
+    overdue_job(process, version)
+    assert other.reap() == 0, "the second worker reaped while the first one's lock held"
+    assert len(messages(redis_client, queue_for(version))) == 1
+
+
+def test_the_sweep_removes_images_older_than_the_job_ttl(process: WorkerProcess, config: WorkerConfig) -> None:
+    process.images.put("old", b"x", "image/jpeg")
+    process.images.put("new", b"y", "image/jpeg")
+    stale = time.time() - config.job_ttl_seconds - 60
+    os.utime(process.images.root / "old", (stale, stale))
+    assert process.sweep() == 1
+    assert process.images.get("new") == b"y"
+    assert not (process.images.root / "old").exists()
+
+
+def test_a_retired_versions_last_worker_hands_its_queue_to_the_active_version_in_order(
+    process: WorkerProcess, redis_client: redis.Redis, version: str, config: WorkerConfig,
+) -> None:
+    active = f"{version}-new"
+    redis_client.rpush(queue_for(active), "waiting")
+    redis_client.rpush(queue_for(version), "m3", "m2", "m1")  # kombu pops from the right: m1 first
+    redis_client.hset(rollout_key(config.key_prefix), mapping={"active": active, "previous": version})
+    process.withdraw()
+    assert process.hand_off() == 3
+    assert redis_client.llen(queue_for(version)) == 0
+    assert [m.decode() for m in redis_client.lrange(queue_for(active), 0, -1)] == ["waiting", "m3", "m2", "m1"]
+    redis_client.delete(queue_for(active))
+
+
+def test_a_version_keeps_its_queue_while_it_serves_or_another_of_its_workers_is_ready(
+    make_process, process: WorkerProcess, redis_client: redis.Redis, version: str, config: WorkerConfig,
+) -> None:  # type: ignore[no-untyped-def]
+    redis_client.rpush(queue_for(version), "m1")
+    assert process.hand_off() == 0  # still the active version (the default)
+    redis_client.hset(rollout_key(config.key_prefix), mapping={"active": f"{version}-new"})
+    make_process(config, "host:2").beat()
+    assert process.hand_off() == 0
+    assert redis_client.llen(queue_for(version)) == 1
+    redis_client.delete(queue_for(version))
+
+
+def test_housekeeping_reaps_and_sweeps_only_when_due(process: WorkerProcess, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls: list[str] = []
+    monkeypatch.setattr(process, "reap", lambda: calls.append("reap"))
+    monkeypatch.setattr(process, "sweep", lambda: calls.append("sweep"))
+    process.tick(now=1000.0)
+    process.tick(now=1005.0)
+    process.tick(now=1010.0)
+    process.tick(now=1300.0)
+    assert calls == ["reap", "sweep", "reap", "reap", "sweep"]
+
+
+def test_housekeeping_survives_an_unreachable_redis_and_keeps_the_ready_file_fresh(
+    process: WorkerProcess, config: WorkerConfig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    process.client = redis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    before = time.time()
+    with caplog.at_level(logging.WARNING, logger="workers.process"):
+        process.tick()
+    assert float(config.ready_file.read_text()) >= before
+    failed = {r.getMessage().split(" failed")[0] for r in caplog.records}
+    assert failed == {"heartbeat", "reaping overdue jobs"}
+    assert process.context.model_version == config.version  # the model stays loaded
+
+
+def test_the_config_is_read_from_the_settings(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.WORKER_MODEL_VERSION = "7"
+    settings.REAPER_INTERVAL_SECONDS = 3.0
+    config = WorkerConfig.from_settings(settings)
+    assert (config.version, config.reaper_interval_seconds) == ("7", 3.0)

@@ -1,0 +1,327 @@
+"""A worker process's life: load the model once, warm up, report ready, keep house, drain.
+
+``WorkerProcess`` receives its settings (``WorkerConfig``) and its clients (Redis, the image
+store, the Celery app it sends with) and is made of small steps that the tests call
+in-process, one at a time:
+
+- ``load``: open the volume, load the model, warm it up, start the batcher (once a process);
+- ``beat``: the ready file (the Kubernetes probe), the heartbeat in Redis, the gauges;
+- ``reap``: send again the jobs whose lease ran out unfinished (one worker at a time);
+- ``sweep``: remove expired images from a local image store;
+- ``withdraw``: stop advertising readiness, before draining;
+- ``hand_off``: move a retired version's leftover messages to the active version's queue;
+- ``unload``: all of the above undone, in order.
+
+``start`` runs ``tick`` (beat, and reap and sweep when they are due) on a thread of its own,
+so a long inference never makes a live worker look dead. Celery's signals drive the
+process (``workers.worker``); the task finds it through ``current()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from common import heartbeat
+from common.imagestore import ImageStore, image_store_from_url
+from common.jobstore import JobStore
+from common.metrics import statsd, version_tags
+from common.queues import TaskSender, queue_depth, queue_for, recognition_send
+from common.rollout import rollout_state
+from common.volume import ModelVolume, version_dir
+from workers.batching import Batcher
+from workers.runtime import ModelRuntime, runtime_for
+from workers.service import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker process needs to know; ``from_settings`` reads it from ``config.settings``."""
+
+    model_root: Path
+    model_name: str
+    version: str
+    default_version: str
+    key_prefix: str
+    ready_file: Path
+    heartbeat_seconds: float
+    reaper_interval_seconds: float
+    job_ttl_seconds: int
+    job_lease_seconds: float
+    max_deliveries: int
+    batch_max_size: int
+    batch_max_wait_ms: float
+    sweep_interval_seconds: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> WorkerConfig:
+        return cls(
+            model_root=Path(settings.MODEL_ROOT),
+            model_name=settings.MODEL_NAME,
+            version=settings.WORKER_MODEL_VERSION,
+            default_version=settings.DEFAULT_MODEL_VERSION,
+            key_prefix=settings.REDIS_KEY_PREFIX,
+            ready_file=Path(settings.WORKER_READY_FILE),
+            heartbeat_seconds=settings.WORKER_HEARTBEAT_SECONDS,
+            reaper_interval_seconds=settings.REAPER_INTERVAL_SECONDS,
+            job_ttl_seconds=settings.JOB_TTL_SECONDS,
+            job_lease_seconds=settings.JOB_LEASE_SECONDS,
+            max_deliveries=settings.WORKER_MAX_DELIVERIES,
+            batch_max_size=settings.BATCH_MAX_SIZE,
+            batch_max_wait_ms=settings.BATCH_MAX_WAIT_MS,
+        )
+
+
+class WorkerProcess:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        client: redis.Redis,
+        images: ImageStore,
+        sender: TaskSender,
+        worker_id: str | None = None,
+        load_runtime: Callable[[ModelVolume], ModelRuntime] = runtime_for,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.images = images
+        self.sender = sender
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.jobs = JobStore(client, config.key_prefix, config.job_ttl_seconds, config.job_lease_seconds)
+        self._load_runtime = load_runtime
+        self._context: WorkerContext | None = None
+        self._manifest_sha256 = ""
+        self._load_seconds = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_reap = self._last_sweep = float("-inf")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> WorkerProcess:
+        """The production wiring: clients from ``config.settings``; connects on first use."""
+        from config.celery_app import app
+
+        client = redis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            health_check_interval=30,
+        )
+        images = image_store_from_url(settings.IMAGE_STORE_URL, s3_endpoint_url=settings.S3_ENDPOINT_URL)
+        return cls(WorkerConfig.from_settings(settings), client=client, images=images, sender=app)
+
+    @property
+    def context(self) -> WorkerContext:
+        if self._context is None:
+            raise RuntimeError("the worker has not loaded its model")
+        return self._context
+
+    @property
+    def queue(self) -> str:
+        return queue_for(self.config.version)
+
+    # --- start-up -----------------------------------------------------------------------
+
+    def load(self) -> WorkerContext:
+        """Open the volume, load the model, warm it up. Once per process."""
+        started = time.perf_counter()
+        volume = ModelVolume.open(version_dir(self.config.model_root, self.config.model_name,
+                                              self.config.version))
+        self._manifest_sha256 = volume.manifest_sha256
+        runtime = self._load_runtime(volume)
+        runtime.load()
+        self._load_seconds = time.perf_counter() - started
+        warm_s = _warm_up(runtime)
+        tags = version_tags(volume.version, queue_for(volume.version))
+
+        def on_batch(size: int, inference_ms: float) -> None:
+            statsd().distribution("worker.batch_size", size, tags=tags)
+            statsd().distribution("worker.inference_time", inference_ms, tags=tags)
+
+        batcher = Batcher(runtime.predict, max_batch=self.config.batch_max_size,
+                          max_wait_s=self.config.batch_max_wait_ms / 1000, on_batch=on_batch)
+        batcher.start()
+        self._context = WorkerContext(worker_id=self.worker_id, runtime=runtime, batcher=batcher,
+                                      jobs=self.jobs, images=self.images,
+                                      max_deliveries=self.config.max_deliveries)
+        logger.info("model loaded", extra={
+            "model_version": volume.version, "load_s": round(self._load_seconds, 3),
+            "warm_up_s": round(warm_s, 3), "model_bytes": volume.total_bytes})
+        return self._context
+
+    def start(self) -> None:
+        """Report ready now, then keep house on a thread of its own until ``withdraw``."""
+        self._stop.clear()
+        self.beat()
+        self._thread = threading.Thread(target=self._housekeeping, name="heartbeat", daemon=True)
+        self._thread.start()
+        logger.info("worker ready", extra={"model_version": self.context.model_version})
+
+    # --- housekeeping steps -------------------------------------------------------------
+
+    def beat(self) -> None:
+        # The file first: it is the Kubernetes liveness/readiness signal of this process,
+        # and a Redis outage must not get a healthy worker (and its model load) restarted.
+        self.config.ready_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config.ready_file.write_text(f"{time.time()}\n")
+        ctx = self.context
+        heartbeat.beat(
+            self.client, prefix=self.config.key_prefix, version=ctx.model_version,
+            worker_id=self.worker_id, ttl_seconds=self.config.heartbeat_seconds * 3,
+            info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
+                  "manifest_sha256": self._manifest_sha256},
+        )
+        tags = version_tags(ctx.model_version, queue_for(ctx.model_version))
+        metrics = statsd()
+        metrics.gauge("worker.model_load_time", self._load_seconds, tags=tags)
+        metrics.gauge("queue.depth", queue_depth(self.client, ctx.model_version), tags=tags)
+        ready = heartbeat.ready_workers(self.client, prefix=self.config.key_prefix,
+                                        version=ctx.model_version)
+        metrics.gauge("workers.ready", len(ready), tags=tags[:1])
+
+    def reap(self) -> int:
+        """Send again the jobs whose lease ran out unfinished; returns how many.
+
+        One worker at a time does it (a lock in Redis that expires with the interval).
+        A job goes back to its own version's queue while that version serves or has ready
+        workers, else to the active version's queue.
+        """
+        lock = f"{self.config.key_prefix}reaper"
+        if not self.client.set(lock, self.worker_id, nx=True,
+                               px=int(self.config.reaper_interval_seconds * 1000)):
+            return 0
+        overdue = self.jobs.reap()
+        if not overdue:
+            return 0
+        state = rollout_state(self.client, prefix=self.config.key_prefix,
+                              default_version=self.config.default_version)
+        for job_id, version, request_id in overdue:
+            serving = state.serves(version) or heartbeat.ready_workers(
+                self.client, prefix=self.config.key_prefix, version=version)
+            queue = queue_for(version if serving or not state.active else state.active)
+            recognition_send(self.sender, job_id=job_id, request_id=request_id or None, queue=queue)
+            statsd().increment("job.requeued", tags=version_tags(version, queue))
+            logger.warning("overdue job sent again", extra={"job_id": job_id, "queue": queue})
+        return len(overdue)
+
+    def sweep(self) -> int:
+        """Remove images older than the job TTL; returns how many."""
+        removed = self.images.purge_expired(self.config.job_ttl_seconds)
+        if removed:
+            logger.info("expired images removed", extra={"count": removed})
+        return removed
+
+    def tick(self, now: float | None = None) -> None:
+        """One round of housekeeping: beat, and reap and sweep when they are due.
+
+        A failing step is logged and retried next round: with Redis away the heartbeat's
+        TTL tells readers, and the process (with its loaded model) stays up.
+        """
+        now = time.monotonic() if now is None else now
+        steps: list[tuple[str, Callable[[], object]]] = [("heartbeat", self.beat)]
+        if now - self._last_reap >= self.config.reaper_interval_seconds:
+            self._last_reap = now
+            steps.append(("reaping overdue jobs", self.reap))
+        if now - self._last_sweep >= self.config.sweep_interval_seconds:
+            self._last_sweep = now
+            steps.append(("image sweep", self.sweep))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                logger.warning("%s failed: %s", what, exc)
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_seconds):
+            self.tick()
+
+    # --- shutdown -----------------------------------------------------------------------
+
+    def withdraw(self) -> None:
+        """Stop advertising readiness (when shutdown starts, before draining)."""
+        self._stop.set()
+        self.config.ready_file.unlink(missing_ok=True)
+        if self._context is None:
+            return
+        try:
+            heartbeat.withdraw(self.client, prefix=self.config.key_prefix,
+                               version=self._context.model_version, worker_id=self.worker_id)
+        except Exception as exc:
+            logger.warning("could not withdraw heartbeat: %s", exc)
+
+    def hand_off(self) -> int:
+        """Move this version's leftover messages to the active version's queue.
+
+        Runs when a worker has drained and stopped. If it was the last ready worker of a
+        version that no longer receives new jobs (after a promote or rollback), messages
+        still on its queue would wait forever for a consumer; they move to the queue of the
+        version that is active now and are computed there (the job records the version
+        that computed it). Returns how many moved.
+        """
+        if self._context is None:
+            return 0
+        version = self._context.model_version
+        state = rollout_state(self.client, prefix=self.config.key_prefix,
+                              default_version=self.config.default_version)
+        if state.serves(version) or not state.active:
+            return 0
+        if heartbeat.ready_workers(self.client, prefix=self.config.key_prefix, version=version):
+            return 0  # other workers of this version are still draining it
+        source, target = queue_for(version), queue_for(state.active)
+        moved = 0
+        # Newest first onto the consuming end: the handed-off jobs keep their order and go
+        # ahead of the jobs already waiting there (they have waited longer).
+        while self.client.lmove(source, target, "LEFT", "RIGHT") is not None:
+            moved += 1
+        if moved:
+            logger.warning("handed off queued jobs", extra={"count": moved, "from": source, "to": target})
+        return moved
+
+    def unload(self) -> None:
+        self.withdraw()
+        try:
+            self.hand_off()
+        except Exception as exc:
+            logger.warning("could not hand off the queue: %s", exc)
+        if self._context is not None:
+            self._context.batcher.stop(timeout=30)
+            self._context.runtime.unload()
+            self._context = None
+
+
+def _warm_up(runtime: ModelRuntime) -> float:
+    """Run the whole path once on a synthetic photo so the first job is not slow."""
+    started = time.perf_counter()
+    rgb = np.random.default_rng(0).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+    runtime.predict([runtime.prepare(rgb)])
+    return time.perf_counter() - started
+
+
+# Celery's task functions are module-level, so the one process object of a worker is found
+# here; ``workers.worker`` installs it when the process starts.
+_current: WorkerProcess | None = None
+
+
+def install(process: WorkerProcess) -> WorkerProcess:
+    global _current
+    _current = process
+    return process
+
+
+def current() -> WorkerProcess:
+    if _current is None:
+        raise RuntimeError("no worker process is installed (start workers with celery -A workers.worker)")
+    return _current
