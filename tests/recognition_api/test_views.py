@@ -1,0 +1,221 @@
+"""The API's views and services in-process (DRF's APIClient): a real Redis, a real Celery app
+sending to it, a local image store. Gunicorn-level tests (tests/integration) keep what only
+real sockets show: slow clients, chunked bodies, process-wide listeners, real workers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from PIL import Image
+from rest_framework.test import APIClient
+
+from common import heartbeat
+from common.errors import ServiceUnavailable
+from common.jobstore import JobStore
+from common.queues import TASK_NAME, queue_for
+from recognition_api import services
+from recognition_api.auth import new_key
+
+
+@dataclass
+class Api:
+    client: APIClient
+    redis: redis.Redis
+    version: str
+    prefix: str
+    images: Path
+
+    @property
+    def queue(self) -> str:
+        return queue_for(self.version)
+
+    def jobs(self) -> JobStore:
+        return JobStore(self.redis, self.prefix)
+
+    def messages(self) -> list[dict]:
+        out = []
+        for raw in self.redis.lrange(self.queue, 0, -1):
+            message = json.loads(raw)
+            _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            out.append({"task": message["headers"]["task"], **kwargs})
+        return out
+
+    def stored_images(self) -> list[str]:
+        return sorted(p.name for p in self.images.iterdir()) if self.images.exists() else []
+
+
+def _reset_services() -> None:
+    with services._listener_lock:
+        if services._listener is not None:
+            services._listener.stop()
+            services._listener = None
+    for cached in (services.redis_client, services.job_store, services.image_store):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def api(settings, redis_url: str, redis_client: redis.Redis, key_prefix: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    key, digest = new_key()
+    version = f"a{uuid.uuid4().hex[:8]}"  # queue names are not prefixed: each test its own
+    settings.REDIS_URL = redis_url
+    settings.REDIS_KEY_PREFIX = key_prefix
+    settings.API_KEYS = f"app:{digest}"
+    settings.IMAGE_STORE_URL = (tmp_path / "images").as_uri()
+    settings.DEFAULT_MODEL_VERSION = version
+    sender = Celery("tests", broker=redis_url)
+    sender.conf.update(task_serializer="json", accept_content=["json"])
+    monkeypatch.setattr(services, "_celery", lambda: sender)
+    _reset_services()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    yield Api(client, redis_client, version, key_prefix, tmp_path / "images")
+    _reset_services()
+    sender.close()
+    redis_client.delete(queue_for(version))
+
+
+def photo() -> io.BytesIO:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "JPEG")
+    buffer.seek(0)
+    buffer.name = "photo.jpg"
+    return buffer
+
+
+def post(api: Api, path: str = "/v1/recognize", **extra):  # type: ignore[no-untyped-def]
+    return api.client.post(path, {"image": photo()}, format="multipart", **extra)
+
+
+def test_a_photo_is_stored_recorded_and_queued_for_the_active_version(api: Api) -> None:
+    response = post(api)
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["status"] == "queued" and body["model"]["version"] == api.version
+    assert response["Location"].endswith(f"/v1/recognitions/{body['id']}")
+    assert api.messages() == [{"task": TASK_NAME, "job_id": body["id"], "request_id": response["X-Request-ID"]}]
+    record = api.jobs().get(body["id"])
+    assert (record["queue"], record["client"], record["image_format"]) == (api.queue, "app", "jpeg")
+    assert api.stored_images() == [body["id"]]
+
+
+def test_the_unversioned_path_is_the_same_endpoint(api: Api) -> None:
+    assert post(api, "/recognize").status_code == 202
+    assert len(api.messages()) == 1
+
+
+def test_a_request_without_a_key_is_refused_and_leaves_nothing(api: Api) -> None:
+    api.client.credentials()
+    response = post(api)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert api.messages() == [] and api.stored_images() == []
+
+
+def test_a_wrong_key_is_refused(api: Api) -> None:
+    api.client.credentials(HTTP_AUTHORIZATION="Bearer rk_not-a-key")
+    response = post(api)
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "invalid_api_key")
+
+
+def test_a_file_that_is_not_an_image_is_refused_and_leaves_nothing(api: Api) -> None:
+    text = io.BytesIO(b"not an image")
+    text.name = "photo.jpg"
+    response = api.client.post("/v1/recognize", {"image": text}, format="multipart")
+    assert (response.status_code, response.json()["error"]["code"]) == (415, "image_not_an_image")
+    assert api.messages() == [] and api.stored_images() == []
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_forgets_the_photo(api: Api, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.MAX_QUEUE_DEPTH = 1
+    assert post(api).status_code == 202
+    response = post(api)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "queue_full"
+    assert int(response["Retry-After"]) >= 1
+    assert len(api.messages()) == 1 and len(api.stored_images()) == 1
+
+
+def test_a_failed_enqueue_answers_503_and_removes_the_job_and_the_photo(
+    api: Api, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class BrokenBroker:
+        def send_task(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise ConnectionError("broker away")
+
+    monkeypatch.setattr(services, "_celery", BrokenBroker)
+    with pytest.raises(ServiceUnavailable):
+        services.recognition_job_create(data=photo().getvalue(), client_name="app", request_id="r1")
+    assert api.stored_images() == []
+    assert not api.redis.keys(f"{api.prefix}job:*")
+
+
+def test_a_job_is_read_back_with_its_result(api: Api) -> None:
+    job_id = post(api).json()["id"]
+    field = {"value": "red", "confidence": 0.9, "alternatives": []}
+    api.jobs().succeed(job_id, result={"color": field}, timings={"inference": 1.0}, model_version=api.version)
+    response = api.client.get(f"/v1/recognitions/{job_id}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "succeeded" and body["result"]["color"]["value"] == "red"
+
+
+def test_an_unknown_job_is_a_404_with_its_code(api: Api) -> None:
+    for job_id in (uuid.uuid4().hex, "not-an-id"):
+        response = api.client.get(f"/v1/recognitions/{job_id}")
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "job_not_found")
+
+
+def test_a_waiting_request_gets_the_result_as_soon_as_a_worker_finishes_it(api: Api) -> None:
+    def worker() -> None:  # takes the message off the queue and finishes the job, as a worker does
+        _queue, raw = api.redis.brpop([api.queue], timeout=10)
+        message = json.loads(raw)
+        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        api.jobs().succeed(kwargs["job_id"], result={}, timings={}, model_version=api.version)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    response = post(api, QUERY_STRING="wait=10")
+    thread.join(10)
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "succeeded"
+
+
+def test_an_invalid_wait_is_refused(api: Api) -> None:
+    response = post(api, QUERY_STRING="wait=forever")
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_parameter")
+    assert api.messages() == []
+
+
+def test_readiness_needs_a_ready_worker_of_the_active_version(api: Api) -> None:
+    assert api.client.get("/healthz").status_code == 200
+    response = api.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["ready_workers"] == 0
+    heartbeat.beat(api.redis, prefix=api.prefix, version=api.version, worker_id="w:1", ttl_seconds=30, info={})
+    response = api.client.get("/readyz")
+    assert response.status_code == 200
+    assert (response.json()["active_version"], response.json()["ready_workers"]) == (api.version, 1)
+
+
+def test_without_redis_it_answers_503_with_retry_after_not_a_500(api: Api, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.REDIS_SOCKET_TIMEOUT = 0.2
+    _reset_services()
+    response = post(api)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert response["Retry-After"]
+    assert api.stored_images() == []
+    assert api.client.get("/readyz").status_code == 503
