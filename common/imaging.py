@@ -161,10 +161,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image).astype(np.uint32)
-        if mode == "I" and array.max(initial=0) <= 255:
-            scaled = array
-        else:
-            scaled = array >> 8
+        # 16-bit samples keep their top byte; a 32-bit "I" image that fits in 8 bits is kept.
+        scaled = array if mode == "I" and array.max(initial=0) <= 255 else array >> 8
         return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
     if mode == "F":
         array = np.clip(np.asarray(image), 0, 1) * 255

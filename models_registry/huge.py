@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from models_registry.build import DATA, REFERENCE_THRESHOLDS, backbone_input_spec, build_volume
 from common.volume import ModelVolume
+from models_registry.build import DATA, REFERENCE_THRESHOLDS, backbone_input_spec, build_volume
 
 GB = 10**9
 EMBEDDING_SIZE = 1280

@@ -38,8 +38,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from workers.runtime.color import NAMED_COLORS, lab_to_srgb, nearest_colors, srgb_to_lab
 from models_registry import taxonomy
+from workers.runtime.color import NAMED_COLORS, lab_to_srgb, nearest_colors, srgb_to_lab
 
 BRANDS_FILE = Path(__file__).with_name("data") / "brands.txt"
 

@@ -29,12 +29,16 @@ _RESULT_EXAMPLE = OpenApiExample(
         "created_at": "2026-11-29T12:00:00.000+00:00",
         "started_at": "2026-11-29T12:00:00.004+00:00",
         "finished_at": "2026-11-29T12:00:00.120+00:00",
-        "timings_ms": {"queue_wait": 4.1, "decode": 6.3, "prepare": 80.2, "inference": 21.5, "batch_size": 1, "total": 120.0},
+        "timings_ms": {"queue_wait": 4.1, "decode": 6.3, "prepare": 80.2, "inference": 21.5, "batch_size": 1,
+                       "total": 120.0},
         "result": {
             "name": {"value": "Nordvik red coffee mug", "confidence": 0.61, "threshold": 0.2, "alternatives": []},
-            "category": {"value": "kitchen_tableware", "confidence": 0.83, "threshold": 0.3, "alternatives": [{"value": "kitchen_tableware", "confidence": 0.83}, {"value": "home", "confidence": 0.08}]},
-            "brand": {"value": "Nordvik", "confidence": 0.95, "threshold": 0.6, "alternatives": [{"value": "Nordvik", "confidence": 0.95}]},
-            "color": {"value": None, "confidence": 0.31, "threshold": 0.4, "alternatives": [{"value": "red", "confidence": 0.31}, {"value": "orange", "confidence": 0.22}]},
+            "category": {"value": "kitchen_tableware", "confidence": 0.83, "threshold": 0.3, "alternatives": [
+                {"value": "kitchen_tableware", "confidence": 0.83}, {"value": "home", "confidence": 0.08}]},
+            "brand": {"value": "Nordvik", "confidence": 0.95, "threshold": 0.6, "alternatives": [
+                {"value": "Nordvik", "confidence": 0.95}]},
+            "color": {"value": None, "confidence": 0.31, "threshold": 0.4, "alternatives": [
+                {"value": "red", "confidence": 0.31}, {"value": "orange", "confidence": 0.22}]},
         },
         "error": None,
         "request_id": "3c9a4d2e",

@@ -78,7 +78,8 @@ def test_each_color_mounts_labels_and_queues_the_version_its_configmap_names() -
         deployment = docs["Deployment"]
         pod = deployment["spec"]["template"]
         worker = pod["spec"]["containers"][0]
-        assert deployment["metadata"]["labels"]["model-version"] == version == pod["metadata"]["labels"]["model-version"]
+        labels = deployment["metadata"]["labels"], pod["metadata"]["labels"]
+        assert labels[0]["model-version"] == version == labels[1]["model-version"]
         # The start script derives the queue recognize.<version> from WORKER_MODEL_VERSION.
         assert worker["env"][0] == {"name": "WORKER_MODEL_VERSION", "valueFrom": {
             "configMapKeyRef": {"name": f"worker-{color}", "key": "WORKER_MODEL_VERSION"}}}

@@ -32,7 +32,6 @@ import redis
 from PIL import Image
 
 from common.queues import queue_for
-
 from tests.deploy.kube import (
     K8S,
     ROOT,

@@ -254,7 +254,8 @@ def model_versions() -> list[str]:
 
 
 def versioned_text(path: Path, version: str) -> str:
-    return (path.read_text().replace(f"reference-{version}", "reference-V").replace(f"reference/{version}", "reference/V")
+    return (path.read_text().replace(f"reference-{version}", "reference-V")
+            .replace(f"reference/{version}", "reference/V")
             .replace(f'model-version: "{version}"', 'model-version: "V"').replace(f'"{version}"]', '"V"]')
             .replace(f"verify {version}`", "verify V`"))
 

@@ -229,8 +229,9 @@ def test_a_model_volume_is_populated_and_verified_before_its_writable_claim_is_d
     for parameters in parameter_sets(p):
         resolved = {st["refId"]: st for st in resolved_stages(p, parameters)}
         version = parameters["modelVersion"]
-        assert resolved["drop-writable-claim"]["manifestName"] == f"persistentvolumeclaim model-reference-{version}-populate"
-        assert resolved["drop-writable-volume"]["manifestName"] == f"persistentvolume model-reference-{version}-populate"
+        populate = f"model-reference-{version}-populate"
+        assert resolved["drop-writable-claim"]["manifestName"] == f"persistentvolumeclaim {populate}"
+        assert resolved["drop-writable-volume"]["manifestName"] == f"persistentvolume {populate}"
 
 
 def test_the_code_deploy_rolls_both_colors_onto_new_images_with_the_same_volumes() -> None:

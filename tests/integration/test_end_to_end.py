@@ -53,7 +53,8 @@ def test_a_real_photo_of_coffee_comes_back_as_kitchen_and_tableware(stack: Stack
     assert job["timings_ms"]["batch_size"] >= 1
 
 
-@pytest.mark.parametrize(("fmt", "content_type"), [("PNG", "image/png"), ("WEBP", "image/webp"), ("HEIF", "image/heic")])
+@pytest.mark.parametrize(("fmt", "content_type"),
+                         [("PNG", "image/png"), ("WEBP", "image/webp"), ("HEIF", "image/heic")])
 def test_other_formats_of_the_same_photo_agree(stack: Stack, coffee: Image.Image, fmt: str, content_type: str) -> None:
     response = recognize(stack, encode(coffee, fmt, quality=95) if fmt != "PNG" else encode(coffee, fmt),
                          filename=f"photo.{fmt.lower()}", content_type=content_type)

@@ -79,7 +79,8 @@ def metered_stack(tmp_path: Path, agent: Agent) -> Iterator[Stack]:
 
 def test_the_api_and_worker_send_their_metrics_tagged_by_version(metered_stack: Stack, agent: Agent) -> None:
     with metered_stack.client() as client:
-        ok = client.post("/recognize?wait=10", files={"image": ("a.png", encode(solid((200, 10, 10)), "PNG"), "image/png")})
+        red = encode(solid((200, 10, 10)), "PNG")
+        ok = client.post("/recognize?wait=10", files={"image": ("a.png", red, "image/png")})
         bad = client.post("/recognize", files={"image": ("a.png", b"nope", "image/png")})
     assert (ok.status_code, bad.status_code) == (200, 415)
     wanted = ["recognition.api.request", "recognition.api.latency", "recognition.job.queue_wait",

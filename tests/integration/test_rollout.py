@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import redis
 
 from common.queues import queue_for
-
 from tests.conftest import jpeg_bytes
 from tests.support import ROOT, Process, Stack, stack_env, start_redis, wait_until
 
@@ -27,7 +26,9 @@ def registry(stack: Stack, *args: str, env: dict[str, str] | None = None) -> sub
 
 
 @pytest.fixture(scope="module")
-def two_versions(tmp_path_factory: pytest.TempPathFactory, reference_model_root: Path) -> Iterator[tuple[Stack, dict[str, Process]]]:
+def two_versions(
+    tmp_path_factory: pytest.TempPathFactory, reference_model_root: Path,
+) -> Iterator[tuple[Stack, dict[str, Process]]]:
     assert (reference_model_root / "reference" / "2").exists(), "scripts/setup builds versions 1 and 2"
     tmp = tmp_path_factory.mktemp("rollout")
     redis_process, url = start_redis(tmp)

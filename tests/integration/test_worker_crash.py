@@ -10,7 +10,6 @@ import pytest
 import redis
 
 from common.queues import queue_for
-
 from tests.conftest import jpeg_bytes
 from tests.support import Stack, stack_env, start_redis, wait_until
 
@@ -39,7 +38,8 @@ def test_jobs_held_by_a_killed_worker_are_redelivered_and_finish(crash_stack: St
     stack.wait_worker_ready(first, "1")
     with stack.client() as client:
         ids = [
-            client.post("/recognize", files={"image": (f"{i}.jpg", jpeg_bytes(coffee.rotate(i * 7)), "image/jpeg")}).json()["id"]
+            client.post("/recognize", files={
+                "image": (f"{i}.jpg", jpeg_bytes(coffee.rotate(i * 7)), "image/jpeg")}).json()["id"]
             for i in range(12)
         ]
     store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
@@ -63,8 +63,10 @@ def test_jobs_held_by_a_killed_worker_are_redelivered_and_finish(crash_stack: St
         wait_until(lambda: all(s in ("succeeded", "failed") for s in statuses()), 120, "all jobs to finish")
     except TimeoutError:
         raise AssertionError(
-            f"statuses {statuses()}; unacked {store.hgetall('unacked')}; index {store.zrange('unacked_index', 0, -1, withscores=True)}; "
-            f"queue {store.lrange('recognize.1', 0, -1)}; mutex {store.get('unacked_mutex')} ttl {store.ttl('unacked_mutex')}; "
+            f"statuses {statuses()}; unacked {store.hgetall('unacked')}; "
+            f"index {store.zrange('unacked_index', 0, -1, withscores=True)}; "
+            f"queue {store.lrange(queue_for('1'), 0, -1)}; "
+            f"mutex {store.get('unacked_mutex')} ttl {store.ttl('unacked_mutex')}; "
             f"keys {store.keys('*')}; rescuer log: {second.output()[-3000:]}"
         ) from None
     assert statuses() == ["succeeded"] * len(ids)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models_registry.build import build_volume, remove_volume
 from common.volume import ModelVolume, VolumeError
+from models_registry.build import build_volume, remove_volume
 
 
 def make(root: Path, version: str = "1") -> ModelVolume:

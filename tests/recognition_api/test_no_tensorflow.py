@@ -17,7 +17,8 @@ client = Client(HTTP_HOST="localhost")
 import recognition_api.services, config.celery_app  # the enqueue path
 assert client.get("/healthz").status_code == 200
 assert client.get("/openapi.json").status_code == 200
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "onnxruntime", "cv2", "rapidocr_onnxruntime"))
+HEAVY = ("tensorflow", "keras", "onnxruntime", "cv2", "rapidocr_onnxruntime")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
 print("HEAVY:" + ",".join(heavy))
 """
 
@@ -31,6 +32,7 @@ def test_the_api_process_does_not_import_tensorflow() -> None:
 
 def test_the_probe_would_notice_tensorflow() -> None:
     """Guard against a probe that cannot fail: importing the backend is detected."""
-    probe = PROBE.replace("from django.test import Client", "from django.test import Client\nimport workers.runtime.tensorflow_backend")
+    probe = PROBE.replace("from django.test import Client",
+                          "from django.test import Client\nimport workers.runtime.tensorflow_backend")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "tensorflow" in result.stdout

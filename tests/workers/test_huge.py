@@ -12,8 +12,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from models_registry.huge import build_huge, catalog_shard, write_safetensors
 from common.volume import ModelVolume
+from models_registry.huge import build_huge, catalog_shard, write_safetensors
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

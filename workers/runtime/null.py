@@ -29,7 +29,7 @@ class NullRuntime:
             time.sleep(self.delay_s)
         results = []
         for mean in batch:
-            value = "#%02x%02x%02x" % mean
+            value = "#{:02x}{:02x}{:02x}".format(*mean)
             results.append({
                 "name": field(None, 0.0, 1.0, []),
                 "category": field("other", 1.0, 0.0, [("other", 1.0)]),

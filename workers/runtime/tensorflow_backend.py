@@ -524,10 +524,7 @@ def build_catalog_model(catalog_items: int, shard_items: int, *, allocate: bool 
             width = min(shard_items, catalog_items - start)
             dense = keras.layers.Dense(width, use_bias=False, name=f"catalog_{index:04d}")
             shards.append(dense(unit))
-        if len(shards) == 1:
-            scores = shards[0]
-        else:
-            scores = keras.layers.Concatenate(name="catalog_scores")(shards)
+        scores = shards[0] if len(shards) == 1 else keras.layers.Concatenate(name="catalog_scores")(shards)
         return keras.Model(
             inputs=base.inputs[0],
             outputs={"probs": base.get_layer("probs").output, "embedding": embedding,
