@@ -27,8 +27,8 @@ def test_the_compose_file_runs_redis_the_api_and_one_worker() -> None:
 
 def test_the_api_and_worker_are_built_from_the_repos_dockerfiles_under_the_names_k8s_uses() -> None:
     services = compose()["services"]
-    services = (("api", "Dockerfile.api"), ("worker", "Dockerfile.worker"), ("images-volume", "Dockerfile.api"))
-    for name, dockerfile in services:
+    expected = (("api", "Dockerfile.api"), ("worker", "Dockerfile.worker"), ("images-volume", "Dockerfile.api"))
+    for name, dockerfile in expected:
         build = services[name]["build"]
         context = (COMPOSE.parent / build["context"]).resolve()
         assert context == ROOT and (context / build["dockerfile"]).is_file()
