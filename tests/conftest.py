@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import base64
 import io
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,3 +68,14 @@ def coffee() -> Image.Image:
 
 def solid(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.fromarray(np.full((size[1], size[0], 3), color, dtype=np.uint8))
+
+
+def queued_tasks(client: redis.Redis, queue: str) -> list[tuple[str, dict]]:
+    """(task name, kwargs) of each message that kombu's Redis transport holds on ``queue``."""
+    return [task_of(raw) for raw in client.lrange(queue, 0, -1)]
+
+
+def task_of(raw: bytes) -> tuple[str, dict]:
+    message = json.loads(raw)
+    _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    return message["headers"]["task"], kwargs

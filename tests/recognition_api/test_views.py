@@ -4,9 +4,7 @@ real sockets show: slow clients, chunked bodies, process-wide listeners, real wo
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from common.jobstore import JobStore
 from common.queues import TASK_NAME, queue_for
 from recognition_api import services
 from recognition_api.auth import new_key
+from tests.conftest import queued_tasks, task_of
 
 
 @dataclass
@@ -43,12 +42,7 @@ class Api:
         return JobStore(self.redis, self.prefix)
 
     def messages(self) -> list[dict]:
-        out = []
-        for raw in self.redis.lrange(self.queue, 0, -1):
-            message = json.loads(raw)
-            _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            out.append({"task": message["headers"]["task"], **kwargs})
-        return out
+        return [{"task": task, **kwargs} for task, kwargs in queued_tasks(self.redis, self.queue)]
 
     def stored_images(self) -> list[str]:
         return sorted(p.name for p in self.images.iterdir()) if self.images.exists() else []
@@ -180,8 +174,7 @@ def test_an_unknown_job_is_a_404_with_its_code(api: Api) -> None:
 def test_a_waiting_request_gets_the_result_as_soon_as_a_worker_finishes_it(api: Api) -> None:
     def worker() -> None:  # takes the message off the queue and finishes the job, as a worker does
         _queue, raw = api.redis.brpop([api.queue], timeout=10)
-        message = json.loads(raw)
-        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        _task, kwargs = task_of(raw)
         api.jobs().succeed(kwargs["job_id"], result={}, timings={}, model_version=api.version)
 
     thread = threading.Thread(target=worker)

@@ -3,7 +3,6 @@ app sending to it, the null model, and a local image store."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from common.imagestore import LocalImageStore
 from common.queues import TASK_NAME, queue_for
 from common.rollout import rollout_key
 from models_registry.build import build_null
+from tests.conftest import queued_tasks
 from workers.process import WorkerConfig, WorkerProcess
 
 
@@ -71,16 +71,6 @@ def process(make_process, config: WorkerConfig) -> WorkerProcess:  # type: ignor
     return make_process(config)
 
 
-def messages(client: redis.Redis, queue: str) -> list[tuple[str, dict]]:
-    """(task name, kwargs) of each message kombu's Redis transport put on ``queue``."""
-    out = []
-    for raw in client.lrange(queue, 0, -1):
-        message = json.loads(raw)
-        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        out.append((message["headers"]["task"], kwargs))
-    return out
-
-
 def overdue_job(process: WorkerProcess, version: str) -> str:
     """A job created for ``version`` whose lease has run out."""
     job_id = process.jobs.new_id()
@@ -129,7 +119,7 @@ def test_it_sends_an_overdue_job_again_to_its_own_versions_queue(
 ) -> None:
     job_id = overdue_job(process, version)
     assert process.reap() == 1
-    assert messages(redis_client, queue_for(version)) == [
+    assert queued_tasks(redis_client, queue_for(version)) == [
         (TASK_NAME, {"job_id": job_id, "request_id": "req-1"})]
 
 
@@ -140,8 +130,8 @@ def test_an_overdue_job_of_a_retired_version_goes_to_the_active_versions_queue(
     active = f"{version}-new"
     redis_client.hset(rollout_key(config.key_prefix), mapping={"active": active, "previous": version})
     assert process.reap() == 1  # no ready worker of `version` (this one never beat)
-    assert messages(redis_client, queue_for(version)) == []
-    assert messages(redis_client, queue_for(active)) == [
+    assert queued_tasks(redis_client, queue_for(version)) == []
+    assert queued_tasks(redis_client, queue_for(active)) == [
         (TASK_NAME, {"job_id": job_id, "request_id": "req-1"})]
     redis_client.delete(queue_for(active))
 
@@ -154,7 +144,7 @@ def test_only_one_worker_reaps_in_an_interval(
     assert process.reap() == 1
     overdue_job(process, version)
     assert other.reap() == 0, "the second worker reaped while the first one's lock held"
-    assert len(messages(redis_client, queue_for(version))) == 1
+    assert len(queued_tasks(redis_client, queue_for(version))) == 1
 
 
 def test_the_sweep_removes_images_older_than_the_job_ttl(process: WorkerProcess, config: WorkerConfig) -> None:
@@ -212,7 +202,7 @@ def test_housekeeping_survives_an_unreachable_redis_and_keeps_the_ready_file_fre
     with caplog.at_level(logging.WARNING, logger="workers.process"):
         process.tick()
     assert float(config.ready_file.read_text()) >= before
-    failed = {r.getMessage().split(" failed")[0] for r in caplog.records}
+    failed = {r.getMessage().split(" failed")[0] for r in caplog.records if r.name == "workers.process"}
     assert failed == {"heartbeat", "reaping overdue jobs"}
     assert process.context.model_version == config.version  # the model stays loaded
 
