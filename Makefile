@@ -19,3 +19,4 @@ lock:
 		--no-emit-package tensorflow -o requirements/worker.txt
 	$(COMPILE) -c requirements/dev.txt requirements/build.in -o requirements/build.txt
 	$(COMPILE) -c requirements/dev.txt requirements/deploy-tools.in -o requirements/deploy-tools.txt
+	$(COMPILE) $(if $(UPGRADE),--upgrade-package $(UPGRADE)) requirements/bench.in -o requirements/bench.txt

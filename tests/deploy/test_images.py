@@ -264,7 +264,7 @@ def test_the_worker_image_has_the_runtime_and_no_build_test_or_cpu_tensorflow_pa
         assert needed in worker, needed
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", [*ROLES, "bench"])
 def test_every_package_of_every_lock_is_pinned_with_its_hashes(role: str) -> None:
     lock = LOCKS / f"{role}.txt"
     assert "make lock" in lock.read_text().splitlines()[1], "written by `make lock`"
