@@ -1,7 +1,8 @@
 # `make lock` regenerates every lock file in requirements/ from its .in file, with hashes.
 # dev.txt is resolved first (every role, the tests and the tools in one resolution, keeping
 # the versions it already pins); each other role is then resolved under `-c dev.txt`, so a
-# package has the same version in every lock. `make lock UPGRADE=pkg` moves one package.
+# package has the same version in every lock; bench.txt (the benchmark's own virtualenv,
+# whose pins conflict with dev.txt's) is resolved alone. `make lock UPGRADE=pkg` moves one package.
 # Needs the dev .venv (scripts/setup), whose uv is the version pinned in dev.txt.
 
 UV ?= .venv/bin/uv
