@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -214,24 +215,53 @@ def secret_files(doc: dict[str, Any], name: str, secrets: Mapping[str, Mapping[s
 
 # --- the API image's packages ------------------------------------------------------------
 
-def requirement_pins(path: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class Locked:
+    version: str
+    marker: str | None
+    hashes: tuple[str, ...]
+
+
+def lock_entries(path: Path) -> dict[str, Locked]:
+    """A lock file as `make lock` writes it (requirements/*.txt): each package's version,
+    environment marker and hashes, by canonical name. Every line must pin with ==."""
     from packaging.utils import canonicalize_name
 
-    pins = {}
+    entries = {}
+    logical = ""
     for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
+        line = line.split("#", 1)[0].rstrip()  # "# via ..." annotations; hashes hold no "#"
+        if line.endswith("\\"):
+            logical += " " + line[:-1]
             continue
-        name, sep, version = line.partition("==")
-        assert sep, f"{path.name}: {line!r} is not pinned with =="
-        pins[canonicalize_name(name)] = version.strip()
-    return pins
+        logical = (logical + " " + line).strip()
+        if not logical:
+            continue
+        words = logical.split()
+        hashes = tuple(w.removeprefix("--hash=") for w in words if w.startswith("--hash="))
+        spec = " ".join(w for w in words if not w.startswith("--hash="))
+        requirement, _, marker = spec.partition(";")
+        name, sep, version = requirement.partition("==")
+        assert sep, f"{path.name}: {logical!r} is not pinned with =="
+        entries[canonicalize_name(name.split("[")[0].strip())] = Locked(
+            version.strip(), marker.strip() or None, hashes)
+        logical = ""
+    return entries
+
+
+def requirement_pins(path: Path) -> dict[str, str]:
+    """The packages pip installs from a lock file here (its markers evaluated for this
+    interpreter), with their versions."""
+    from packaging.markers import Marker
+
+    return {name: entry.version for name, entry in lock_entries(path).items()
+            if entry.marker is None or Marker(entry.marker).evaluate()}
 
 
 def site_of(packages: list[str], target: Path) -> Path:
     """A virtualenv in which only these installed distributions (and the standard library)
     can be imported: their files are linked from this interpreter's environment, as the API
-    image installs exactly requirements-api.txt. Returns its bin directory."""
+    image installs exactly requirements/api.txt. Returns its bin directory."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(target)], check=True)
     site = target / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     bin_dir = target / "bin"

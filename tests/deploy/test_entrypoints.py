@@ -3,7 +3,7 @@
 Each container runs as the kubelet would start it: the image's ENV and CMD (Dockerfile.*),
 then the ConfigMaps and Secret files the manifest names, its command with $(VAR) expanded,
 and container paths mapped onto a temporary directory (/app is this repository). The API
-image is a virtualenv holding nothing but requirements-api.txt; the worker image is the
+image is a virtualenv holding nothing but requirements/api.txt; the worker image is the
 project's full environment (the real TensorFlow worker is covered by tests/integration; here
 it loads a null model volume so the whole rollout runs in seconds).
 
@@ -119,7 +119,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     moto = spawn("moto", [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                  {**os.environ, **AWS}, tmp / "logs")
     s3_url = f"http://127.0.0.1:{port}"
-    api_bin = site_of(list(requirement_pins(ROOT / "requirements-api.txt")), tmp / "api-image")
+    api_bin = site_of(list(requirement_pins(ROOT / "requirements" / "api.txt")), tmp / "api-image")
     key, digest = new_key()
     secrets = {"recognition-secrets": {"api-keys": f"tests:{digest}", "redis-url": redis_url,
                                        "django-secret-key": "tests", "redis-password": ""}}
