@@ -9,7 +9,7 @@ UV ?= .venv/bin/uv
 COMPILE = $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --override requirements/overrides.txt \
 	--no-emit-package setuptools --no-emit-package pip \
-	--custom-compile-command "make lock" --index-url https://pypi.org/simple
+	--custom-compile-command "make lock"
 UPGRADE ?=
 
 .PHONY: lock
