@@ -249,12 +249,12 @@ def point(
 
 
 class OurStack:
-    """redis-server + Gunicorn API + one worker, on free loopback ports (tests/support.py)."""
+    """redis-server + Gunicorn API + one worker, on free loopback ports (harness/)."""
 
     def __init__(
         self, tmp: Path, model_root: Path, name: str, version: str, worker_env: dict[str, str]
     ) -> None:
-        from tests.support import Stack, stack_env, start_redis
+        from harness import Stack, stack_env, start_redis
 
         self.redis, url = start_redis(tmp)
         env, key = stack_env(
@@ -276,7 +276,7 @@ class OurStack:
             raise
 
     def _start_worker(self, extra: dict[str, str]):  # type: ignore[no-untyped-def]
-        from tests.support import spawn
+        from harness import spawn
 
         env = {
             **self.stack.env,
@@ -343,7 +343,7 @@ class PeerServer:
     """``bentoml serve bench.peer_service:Recognizer`` from var/venv-bench, on a free loopback port."""
 
     def __init__(self, tmp: Path, images: list[Path], p: dict) -> None:
-        from tests.support import free_port
+        from harness import free_port
 
         port = free_port()
         env = {

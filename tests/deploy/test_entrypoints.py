@@ -31,6 +31,7 @@ import pytest
 import redis
 from PIL import Image
 
+from harness import Process, free_port, spawn, start_redis, wait_until
 from tests.deploy.kube import (
     K8S,
     ROOT,
@@ -48,7 +49,6 @@ from tests.deploy.kube import (
     secret_files,
     site_of,
 )
-from tests.support import Process, free_port, spawn, start_redis, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
+from harness import Stack
 from tests.common.test_imaging import _png_header_only
 from tests.conftest import encode, jpeg_bytes, solid
-from tests.support import Stack
 
 
 def stored_images(stack: Stack) -> int:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import redis
 
+from harness import ROOT, Process, Stack, stack_env, start_redis, wait_until
 from tests.conftest import jpeg_bytes
-from tests.support import ROOT, Process, Stack, stack_env, start_redis, wait_until
 
 
 def registry(stack: Stack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness import Stack, stack_env, start_redis, wait_until
 from tests.conftest import jpeg_bytes
-from tests.support import Stack, stack_env, start_redis, wait_until
 
 
 @pytest.fixture
