@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import plan, report
+from bench.plan import plan
+from bench.report import report
 
 
 def _agg(c: int, rate: float, p50: float) -> dict:
@@ -90,7 +91,7 @@ def test_a_partial_run_still_reports() -> None:
 
 
 def test_the_raw_read_is_the_fastest_way_by_median_not_the_luckiest_sample() -> None:
-    from bench.__main__ import _fastest_way
+    from bench.report import _fastest_way
 
     runs = [  # "b" wins one repeat by luck; "a" is faster in the other two
         {"cold_read": {"all": {"a": 2.0, "b": 1.0}}},
