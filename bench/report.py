@@ -10,6 +10,40 @@ from typing import Any
 from bench.stats import latency_summary, median, spread
 
 
+def report(results: dict, p: dict) -> tuple[str, list[dict]]:
+    """The table and the targets of a run's results; stores results["derived"] (part 1's
+    figures that the other parts are set against)."""
+    rows: list[list[str]] = []
+    targets: list[dict] = []
+    mo = results.get("model_only")
+    if mo:
+        rows += model_only_rows(mo, p)
+        results["derived"] = model_only_derived(mo)
+    derived = results.get("derived", {})
+    model_rate = backbone_predict_rates(mo) if mo else {}
+    e2e, bb = results.get("reference_e2e"), results.get("backbone_e2e")
+    if e2e:
+        rows += reference_e2e_rows(e2e, derived)
+    if bb:
+        rows += backbone_e2e_rows(bb, model_rate, derived, p)
+        targets += end_to_end_targets(results, model_rate, p)
+    off = results.get("batching_off")
+    if off and bb:
+        rows += batching_rows(off, bb)
+        targets += batching_targets(off, bb)
+    if results.get("null_e2e"):
+        rows += null_rows(results["null_e2e"])
+    if results.get("peer"):
+        rows += peer_rows(results["peer"], bb)
+    if results.get("huge"):
+        rows += huge_rows(results["huge"])
+        targets += huge_targets(results["huge"])
+    return table(rows) + targets_text(targets), targets
+
+
+# --- cells, rows, the table ------------------------------------------------------------
+
+
 def _fastest_way(runs: list[dict], key: str) -> tuple[str, dict]:
     """The reading way with the lowest median time over the runs, and the spread of its times."""
     ways = list(runs[0][key]["all"])
@@ -70,36 +104,6 @@ def load_row(part: str, case: str, agg: dict, note: str = "") -> list[str]:
         fmt(agg["p99"]["median"]),
         note,
     ]
-
-def report(results: dict, p: dict) -> tuple[str, list[dict]]:
-    """The table and the targets of a run's results; stores results["derived"] (part 1's
-    figures that the other parts are set against)."""
-    rows: list[list[str]] = []
-    targets: list[dict] = []
-    mo = results.get("model_only")
-    if mo:
-        rows += model_only_rows(mo, p)
-        results["derived"] = model_only_derived(mo)
-    derived = results.get("derived", {})
-    model_rate = backbone_predict_rates(mo) if mo else {}
-    e2e, bb = results.get("reference_e2e"), results.get("backbone_e2e")
-    if e2e:
-        rows += reference_e2e_rows(e2e, derived)
-    if bb:
-        rows += backbone_e2e_rows(bb, model_rate, derived, p)
-        targets += end_to_end_targets(results, model_rate, p)
-    off = results.get("batching_off")
-    if off and bb:
-        rows += batching_rows(off, bb)
-        targets += batching_targets(off, bb)
-    if results.get("null_e2e"):
-        rows += null_rows(results["null_e2e"])
-    if results.get("peer"):
-        rows += peer_rows(results["peer"], bb)
-    if results.get("huge"):
-        rows += huge_rows(results["huge"])
-        targets += huge_targets(results["huge"])
-    return table(rows) + targets_text(targets), targets
 
 
 # --- (1) model only ------------------------------------------------------------------------
@@ -274,8 +278,7 @@ def throughput_target(bb: dict, model_rate: dict[str, float], p: dict) -> dict:
     return {
         "figure": "e2e throughput / model-only throughput",
         "target": ">= 0.85",
-        "measured": f"{ratio:.2f} (backbone-only, c={top['concurrency']}, "
-        f"vs predict@{p['batch']})",
+        "measured": f"{ratio:.2f} (backbone-only, c={top['concurrency']}, vs predict@{p['batch']})",
         "met": ratio >= 0.85,
     }
 
@@ -310,10 +313,7 @@ def added_latency_target(results: dict) -> dict:
 
 def batching_rows(off: dict, bb: dict) -> list[list[str]]:
     rows = [
-        [
-            "(3) batching on (BATCH_MAX_SIZE=16) vs off (=1), backbone-only, "
-            "worker threads 32 both"
-        ]
+        ["(3) batching on (BATCH_MAX_SIZE=16) vs off (=1), backbone-only, worker threads 32 both"]
     ]
     for c, agg in off.items():
         on = bb.get(c)

@@ -75,8 +75,19 @@ def start_redis(tmp: Path) -> tuple[Process, str]:
     port = free_port()
     process = spawn(
         f"redis-{port}",
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
         dict(os.environ),
         tmp,
     )
