@@ -12,7 +12,8 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.support import REFERENCE_MODEL_ROOT, start_redis
+from harness import start_redis
+from tests.support import REFERENCE_MODEL_ROOT
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from bench.__main__ import plan, report
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.plan import plan
+from bench.report import report
 
 
 def _agg(c: int, rate: float, p50: float) -> dict:
@@ -85,7 +91,7 @@ def test_a_partial_run_still_reports() -> None:
 
 
 def test_the_raw_read_is_the_fastest_way_by_median_not_the_luckiest_sample() -> None:
-    from bench.__main__ import _fastest_way
+    from bench.report import _fastest_way
 
     runs = [  # "b" wins one repeat by luck; "a" is faster in the other two
         {"cold_read": {"all": {"a": 2.0, "b": 1.0}}},
@@ -95,3 +101,20 @@ def test_the_raw_read_is_the_fastest_way_by_median_not_the_luckiest_sample() -> 
     way, times = _fastest_way(runs, "cold_read")
     assert way == "a"
     assert (times["min"], times["median"], times["max"]) == (1.9, 2.0, 2.1)
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _render(saved: Path) -> str:
+    """A saved results JSON (what --json writes) as its table, then its targets as JSON."""
+    results = json.loads(saved.read_text())
+    text, targets = report(results, results["plan"])
+    return text + "\n--- targets\n" + json.dumps(targets, indent=1) + "\n"
+
+
+@pytest.mark.parametrize("run", ["full", "partial"])
+def test_a_saved_run_renders_to_the_table_it_rendered_to_before(run: str) -> None:
+    # The golden tables were rendered by report() before the benchmark was split into modules.
+    rendered = _render(GOLDEN / f"results_{run}.json")
+    assert rendered == (GOLDEN / f"report_{run}.txt").read_text()

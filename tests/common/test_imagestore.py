@@ -13,7 +13,7 @@ import pytest
 
 from common.errors import ImageUnavailable
 from common.imagestore import LocalImageStore, S3ImageStore, image_store_from_url
-from tests.support import free_port, spawn, wait_until
+from harness import free_port, spawn, wait_until
 
 
 def test_the_local_store_round_trips_and_expires(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.support import ROOT
+from harness import ROOT
 
 PROBE = "import config.settings as s; print(s.CELERY_BROKER_URL, s.CELERY_TASK_DEFAULT_QUEUE)"
 

@@ -32,6 +32,7 @@ import redis
 from PIL import Image
 
 from common.queues import queue_for
+from harness import Process, free_port, spawn, start_redis, wait_until
 from tests.deploy.kube import (
     K8S,
     ROOT,
@@ -49,7 +50,6 @@ from tests.deploy.kube import (
     secret_files,
     site_of,
 )
-from tests.support import Process, free_port, spawn, start_redis, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Stack, stack_env, start_redis
+from harness import Stack, stack_env, start_redis
 
 pytestmark = pytest.mark.integration
 

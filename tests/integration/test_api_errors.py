@@ -10,8 +10,8 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from harness import Stack
 from tests.conftest import encode
-from tests.support import Stack
 
 
 def stored_images(stack: Stack) -> int:

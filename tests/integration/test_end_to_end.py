@@ -9,8 +9,8 @@ import pillow_heif
 import pytest
 from PIL import Image
 
+from harness import Stack
 from tests.conftest import encode, jpeg_bytes
-from tests.support import Stack
 
 pillow_heif.register_heif_opener()
 

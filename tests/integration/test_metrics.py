@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import Stack, stack_env, start_redis
 from models_registry.build import build_null
 from tests.conftest import encode, solid
-from tests.support import Stack, stack_env, start_redis
 
 
 class Agent:

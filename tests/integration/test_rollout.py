@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from common.queues import queue_for
+from harness import ROOT, Process, Stack, stack_env, start_redis, wait_until
 from tests.conftest import jpeg_bytes
-from tests.support import ROOT, Process, Stack, stack_env, start_redis, wait_until
 
 
 def registry(stack: Stack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

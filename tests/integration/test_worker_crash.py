@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from common.queues import queue_for
+from harness import Stack, stack_env, start_redis, wait_until
 from tests.conftest import jpeg_bytes
-from tests.support import Stack, stack_env, start_redis, wait_until
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.support import ROOT
+from harness import ROOT
 
 PROBE = """
 import os, sys

@@ -1,0 +1,152 @@
+"""The servers under load: our stack (harness/) and the peer, BentoML, each on free loopback ports,
+each with a probe of the CPU its processes use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from bench.measure import cpu_probe
+from bench.plan import BENCH_VENV, REFERENCE, ROOT
+from harness import Stack, free_port, spawn, stack_env, start_redis
+
+
+class OurStack:
+    """redis-server + Gunicorn API + one worker, on free loopback ports (harness/)."""
+
+    def __init__(
+        self, tmp: Path, model_root: Path, name: str, version: str, worker_env: dict[str, str]
+    ) -> None:
+        self.redis, url = start_redis(tmp)
+        env, key = stack_env(
+            tmp,
+            url,
+            model_root=model_root,
+            default_version=version,
+            MODEL_NAME=name,
+            LOG_LEVEL="INFO",
+        )
+        self.stack = Stack(tmp, env, key, url)
+        self.version = version
+        try:
+            self.stack.start_api()
+            self.worker = self._start_worker(worker_env)
+            self.stack.wait_worker_ready(self.worker, version, timeout=300)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_worker(self, extra: dict[str, str]):  # type: ignore[no-untyped-def]
+        env = {
+            **self.stack.env,
+            "WORKER_MODEL_VERSION": self.version,
+            "WORKER_READY_FILE": str(self.stack.tmp / "ready-worker"),
+            **extra,
+        }
+        argv = ["scripts/start-worker"]
+        process = spawn("worker", argv, env, self.stack.tmp / "logs")
+        self.stack.processes.append(process)
+        return process
+
+    @property
+    def url(self) -> str:
+        return self.stack.api_url
+
+    @property
+    def probe(self):  # type: ignore[no-untyped-def]
+        return cpu_probe(
+            {
+                "api": self.stack.processes[0].popen.pid,
+                "worker": self.worker.popen.pid,
+                "redis": self.redis.popen.pid,
+            }
+        )
+
+    @property
+    def key(self) -> str:
+        return self.stack.api_key
+
+    def stop(self) -> None:
+        try:
+            self.stack.stop()
+        finally:
+            self.redis.kill()
+
+
+class PeerServer:
+    """``bentoml serve bench.peer_service:Recognizer`` from var/venv-bench, on a free loopback
+    port."""
+
+    def __init__(self, tmp: Path, images: list[Path], p: dict) -> None:
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "BENTOML_HOME": str(tmp / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BENCH_PEER_VOLUME": str(REFERENCE),
+            "BENCH_PEER_MAX_BATCH": str(p["batch"]),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log_path = tmp / "bentoml.log"
+        self._log = self.log_path.open("wb")
+        argv = [
+            str(BENCH_VENV / "bin" / "bentoml"),
+            "serve",
+            "bench.peer_service:Recognizer",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            self._wait_ready(images[0])
+        except BaseException:
+            self.stop()
+            raise
+        self.probe = cpu_probe({"bentoml": self.process.pid})
+
+    def _wait_ready(self, image: Path) -> None:
+        """Ready = a real request answered (the model service loads after /readyz says yes)."""
+        import httpx
+
+        deadline = time.monotonic() + 180
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                response = httpx.post(
+                    f"{self.url}/recognize",
+                    timeout=30,
+                    files={"image": ("a.jpg", image.read_bytes(), "image/jpeg")},
+                )
+                if response.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the BentoML peer did not answer in 180 s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()

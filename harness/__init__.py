@@ -1,0 +1,18 @@
+"""Real processes of a local stack: redis-server, Gunicorn, Celery workers and moto's S3, each on
+a free loopback port with its own environment, so that neither the tests nor the benchmark touch
+the machine's own Redis or each other. The tests and the benchmark both start their stacks here.
+"""
+
+from harness.processes import ROOT, Process, free_port, spawn, start_redis, wait_until
+from harness.stack import Stack, stack_env
+
+__all__ = [
+    "ROOT",
+    "Process",
+    "Stack",
+    "free_port",
+    "spawn",
+    "stack_env",
+    "start_redis",
+    "wait_until",
+]
