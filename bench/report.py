@@ -518,7 +518,7 @@ def huge_targets(hg: dict) -> list[dict]:
 def targets_text(targets: list[dict]) -> str:
     if not targets:
         return ""
-    text = "\n\nTargets (../shared/ARCHITECTURE.md)\n"
+    text = "\n\nTargets (docs/ARCHITECTURE.md)\n"
     width = max(len(t["figure"]) for t in targets)
     for t in targets:
         verdict = "met    " if t["met"] else "NOT met"
