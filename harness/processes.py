@@ -71,23 +71,15 @@ def spawn(name: str, argv: list[str], env: dict[str, str], logdir: Path) -> Proc
     return Process(name, popen, log)
 
 
-def start_redis(tmp: Path) -> tuple[Process, str]:
-    port = free_port()
+def start_redis(tmp: Path, *, port: int | None = None, aof: bool = False) -> tuple[Process, str]:
+    """A redis-server on a free loopback port (or ``port``, to restart one), keeping its files in
+    ``tmp``. With ``aof`` every write is appended and fsynced before the reply (appendfsync always),
+    so a SIGKILL loses nothing that a client was told had been written."""
+    port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
     process = spawn(
         f"redis-{port}",
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence, "--dir", str(tmp)],
         dict(os.environ),
         tmp,
     )
