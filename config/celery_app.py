@@ -12,6 +12,6 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("recognition")
+app = Celery("recognition", amqp="config.broker:AMQP")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # The task module is imported by the worker only (``celery -A workers.worker``).

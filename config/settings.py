@@ -112,6 +112,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Never give up reconnecting: a worker that exits on a long Redis outage reloads its model.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 # A message a dead worker held comes back after this long; keep it well above the
 # slowest batch (or a slow job would run twice) and low enough to recover quickly.
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
@@ -137,6 +139,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 # The queue a worker consumes (scripts/start-worker passes no --queues).
 CELERY_TASK_DEFAULT_QUEUE = queue_for(WORKER_MODEL_VERSION)
+# kombu's Redis transport, made to survive a connection lost under a worker (config/broker.py).
+CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 

@@ -5,7 +5,7 @@ store, the Celery app it sends with) and is made of small steps that the tests c
 in-process, one at a time:
 
 - ``load``: open the volume, load the model, warm it up, start the batcher (once a process);
-- ``beat``: the ready file (the Kubernetes probe), the heartbeat in Redis, the gauges;
+- ``beat``: the heartbeat in Redis, the ready file (the Kubernetes probes), the gauges;
 - ``reap``: send again the jobs whose lease ran out unfinished (one worker at a time);
 - ``sweep``: remove expired images from a local image store;
 - ``withdraw``: stop advertising readiness, before draining;
@@ -108,6 +108,7 @@ class WorkerProcess:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_reap = self._last_sweep = float("-inf")
+        self._redis_took_beat_at = 0.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> WorkerProcess:
@@ -165,7 +166,7 @@ class WorkerProcess:
     def start(self) -> None:
         """Report ready now, then keep house on a thread of its own until ``withdraw``."""
         self._stop.clear()
-        self.beat()
+        self._run_step("heartbeat", self.beat)  # Redis may be away now: the thread tries again
         self._thread = threading.Thread(target=self._housekeeping, name="heartbeat", daemon=True)
         self._thread.start()
         logger.info("worker ready", extra={"model_version": self.context.model_version})
@@ -173,17 +174,25 @@ class WorkerProcess:
     # --- housekeeping steps -------------------------------------------------------------
 
     def beat(self) -> None:
-        # The file first: it is the Kubernetes liveness/readiness signal of this process,
-        # and a Redis outage must not get a healthy worker (and its model load) restarted.
-        self.config.ready_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config.ready_file.write_text(f"{time.time()}\n")
+        """The heartbeat in Redis, then the ready file, whether Redis answered or not.
+
+        The file's age is the liveness signal (this process and its housekeeping thread are
+        alive): a Redis outage must never get a healthy worker, and its model load, restarted.
+        Its content is when Redis last took the heartbeat: the readiness signal, so that a
+        worker cut off from Redis reports not-ready (``probe-worker-ready --reaching-redis``).
+        """
         ctx = self.context
-        heartbeat.beat(
-            self.client, prefix=self.config.key_prefix, version=ctx.model_version,
-            worker_id=self.worker_id, ttl_seconds=self.config.heartbeat_seconds * 3,
-            info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
-                  "manifest_sha256": self._manifest_sha256},
-        )
+        try:
+            heartbeat.beat(
+                self.client, prefix=self.config.key_prefix, version=ctx.model_version,
+                worker_id=self.worker_id, ttl_seconds=self.config.heartbeat_seconds * 3,
+                info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
+                      "manifest_sha256": self._manifest_sha256},
+            )
+            self._redis_took_beat_at = time.time()
+        finally:
+            self.config.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            self.config.ready_file.write_text(f"{self._redis_took_beat_at}\n")
         tags = version_tags(ctx.model_version, queue_for(ctx.model_version))
         metrics = statsd()
         metrics.gauge("worker.model_load_time", self._load_seconds, tags=tags)
@@ -239,10 +248,14 @@ class WorkerProcess:
             self._last_sweep = now
             steps.append(("image sweep", self.sweep))
         for what, step in steps:
-            try:
-                step()
-            except Exception as exc:
-                logger.warning("%s failed: %s", what, exc)
+            self._run_step(what, step)
+
+    @staticmethod
+    def _run_step(what: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            logger.warning("%s failed: %s", what, exc)
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(self.config.heartbeat_seconds):

@@ -190,6 +190,23 @@ def test_the_worker_probe_passes_on_a_fresh_ready_file_only(tmp_path: Path) -> N
     assert subprocess.run([str(probe)], env=env, capture_output=True).returncode != 0  # no age given
 
 
+def test_the_readiness_probe_also_needs_redis_to_have_taken_the_heartbeat_lately(tmp_path: Path) -> None:
+    probe = ROOT / "docker" / "bin" / "probe-worker-ready"
+    ready = tmp_path / "worker-ready"
+    env = {"PATH": "/usr/bin:/bin", "WORKER_READY_FILE": str(ready)}
+
+    def ready_now(*args: str) -> bool:
+        return subprocess.run([str(probe), "--reaching-redis", *args], env=env, capture_output=True).returncode == 0
+
+    ready.write_text(f"{time.time()}\n")
+    assert ready_now("20")
+    ready.write_text(f"{time.time() - 60}\n")  # touched now (alive), Redis unreachable for a minute
+    assert not ready_now("20")
+    assert subprocess.run([str(probe), "20"], env=env).returncode == 0, "alive all the same"
+    ready.write_text("0.0\n")  # Redis never took a heartbeat
+    assert not ready_now("20")
+
+
 def test_the_populate_step_refuses_a_version_that_is_not_in_s3(cluster: Cluster) -> None:
     job = one(K8S / "models" / "reference-1-populate.yaml", "Job")
     (cluster.model_store / "reference" / "1").mkdir(parents=True)

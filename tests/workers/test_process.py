@@ -197,11 +197,14 @@ def test_housekeeping_reaps_and_sweeps_only_when_due(process: WorkerProcess, mon
 def test_housekeeping_survives_an_unreachable_redis_and_keeps_the_ready_file_fresh(
     process: WorkerProcess, config: WorkerConfig, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    process.beat()
+    reached = float(config.ready_file.read_text())
     process.client = redis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
     before = time.time()
     with caplog.at_level(logging.WARNING, logger="workers.process"):
         process.tick()
-    assert float(config.ready_file.read_text()) >= before
+    assert config.ready_file.stat().st_mtime >= before - 1, "the liveness signal went stale"
+    assert float(config.ready_file.read_text()) == reached, "it still says when Redis last took a heartbeat"
     failed = {r.getMessage().split(" failed")[0] for r in caplog.records if r.name == "workers.process"}
     assert failed == {"heartbeat", "reaping overdue jobs"}
     assert process.context.model_version == config.version  # the model stays loaded

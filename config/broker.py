@@ -1,0 +1,61 @@
+"""kombu's Redis transport, made to survive a broker connection lost under a worker.
+
+kombu 5.7 with Celery 5.7: when the connection to Redis breaks while a worker consumes, the
+consumer ``collect()``s the connection, which drops its transport (``transport.client = None``)
+but leaves its channels, and the messages delivered on them, alive. Anything that later reaches
+Redis through such a channel — closing it (which restores its unacknowledged messages), or
+acknowledging or rejecting one of its messages when a task ends — builds a new connection pool
+from ``transport.client.hostname`` and raises ``AttributeError: 'NoneType' object has no
+attribute 'hostname'``. kombu and Celery let only connection and channel errors through those
+paths, so the AttributeError ends the worker process ("Unrecoverable error") and with it the
+loaded model: a Redis blip cost a model load.
+
+Here such a channel raises a connection error instead, which every one of those paths already
+handles (logged; the consumer reconnects on a new connection). Nothing is lost by it: the
+messages stay in Redis's ``unacked`` hash until the visibility timeout brings them back, and
+their jobs are sent again sooner by the worker (``WorkerProcess.resend``) or by the reaper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.app.amqp import AMQP as CeleryAMQP
+from kombu import Connection as KombuConnection
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from common.env import env_float
+
+
+class Channel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            raise RedisConnectionError("this channel's broker connection was closed after a failure")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+# Celery's consumer reconnects through ``Connection.ensure_connection`` with kombu's default
+# intervals (2 s, then 2 s more per attempt, up to 30 s), so after a minute's outage a worker
+# would wait up to 30 s more before it consumes again. Waiting at most this long between
+# attempts (one cheap TCP connect each) brings it back within seconds of Redis answering.
+RECONNECT_MAX_SECONDS = env_float("BROKER_RECONNECT_MAX_SECONDS", 2.0, minimum=0.1, maximum=30)
+
+
+class Connection(KombuConnection):
+    def ensure_connection(self, *args: Any, **kwargs: Any) -> KombuConnection:
+        kwargs.setdefault("interval_start", min(1.0, RECONNECT_MAX_SECONDS))
+        kwargs.setdefault("interval_step", min(1.0, RECONNECT_MAX_SECONDS))
+        kwargs.setdefault("interval_max", RECONNECT_MAX_SECONDS)
+        return super().ensure_connection(*args, **kwargs)
+
+
+class AMQP(CeleryAMQP):
+    """Celery's broker plumbing with the ``Connection`` above (``Celery(amqp=...)``)."""
+
+    Connection = Connection
+    BrokerConnection = Connection
