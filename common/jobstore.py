@@ -93,6 +93,34 @@ end
 return out
 """
 
+# Extends the leases of the jobs one worker is computing (its heartbeat), only while they are
+# still running on that worker: a finished job or one another worker took over is left alone.
+_RENEW = """
+local renewed = 0
+for i = 4, #ARGV do
+  local key = ARGV[2] .. ARGV[i]
+  local fields = redis.call('HMGET', key, 'status', 'worker')
+  if fields[1] == 'running' and fields[2] == ARGV[1] then
+    redis.call('HSET', key, 'lease_until', ARGV[3])
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[i])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+# Gives a claimed job back (an infrastructure error, not the job's fault): queued again, the
+# delivery not counted, the queued job's lease again; only by the worker that holds it.
+_RELEASE = """
+local fields = redis.call('HMGET', KEYS[1], 'status', 'worker')
+if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
+redis.call('HSET', KEYS[1], 'status', 'queued', 'lease_until', ARGV[2], 'last_error', ARGV[4])
+redis.call('HDEL', KEYS[1], 'worker', 'started_at')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -139,6 +167,8 @@ class JobStore:
         self._claim = self.client.register_script(_CLAIM)
         self._finish = self.client.register_script(_FINISH)
         self._reap = self.client.register_script(_REAP)
+        self._renew = self.client.register_script(_RENEW)
+        self._release = self.client.register_script(_RELEASE)
 
     # --- keys -------------------------------------------------------------------------
 
@@ -229,10 +259,13 @@ class JobStore:
 
     # --- worker side ------------------------------------------------------------------
 
-    def claim(self, job_id: str, *, worker: str, max_deliveries: int) -> Claim:
+    def claim(self, job_id: str, *, worker: str, max_deliveries: int, lease_seconds: float | None = None) -> Claim:
+        """Take the job for ``worker`` for ``lease_seconds`` (default: the store's lease), which
+        ``renew`` extends while the worker lives."""
+        lease = self.lease_seconds if lease_seconds is None else lease_seconds
         reply = self._claim(
             keys=[self.job_key(job_id), self.pending_key],
-            args=[repr(time.time()), worker, str(max_deliveries), repr(self.lease_seconds), job_id],
+            args=[repr(time.time()), worker, str(max_deliveries), repr(lease), job_id],
         )
         outcome = _s(reply[0])
         if outcome == "claimed":
@@ -242,6 +275,19 @@ class JobStore:
         if outcome == "exhausted":
             return Claim("exhausted", deliveries=int(_s(reply[1])))
         return Claim(outcome)  # "missing", "done" or "busy" (another worker holds its lease)
+
+    def renew(self, job_ids: list[str], *, worker: str, lease_seconds: float) -> int:
+        """Extend the leases of ``worker``'s running jobs; returns how many it still holds."""
+        if not job_ids:
+            return 0
+        until = repr(time.time() + lease_seconds)
+        return int(self._renew(keys=[self.pending_key], args=[worker, f"{self.prefix}job:", until, *job_ids]))
+
+    def release(self, job_id: str, *, worker: str, reason: str) -> bool:
+        """Give back a job ``worker`` claimed but could not compute for a reason not its own."""
+        until = repr(time.time() + self.lease_seconds)
+        return bool(self._release(keys=[self.job_key(job_id), self.pending_key],
+                                  args=[worker, until, job_id, reason]))
 
     def reap(self, *, limit: int = 100) -> list[tuple[str, str, str]]:
         """Overdue unfinished jobs as (job id, model version, request id), each given a new deadline."""

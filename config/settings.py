@@ -87,7 +87,11 @@ DEFAULT_MODEL_VERSION = env_str("DEFAULT_MODEL_VERSION", "1")
 # --- Worker --------------------------------------------------------------------------
 WORKER_MODEL_VERSION = env_str("WORKER_MODEL_VERSION", DEFAULT_MODEL_VERSION)
 WORKER_MAX_DELIVERIES = env_int("WORKER_MAX_DELIVERIES", 3, minimum=1)
-WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
+WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 2.0, minimum=0.5)
+# A claimed job's lease, renewed by its worker's every heartbeat: when a worker dies, the jobs
+# it held are sent again within this (plus one reaper interval), not after JOB_LEASE_SECONDS.
+WORKER_CLAIM_LEASE_SECONDS = env_float("WORKER_CLAIM_LEASE_SECONDS", WORKER_HEARTBEAT_SECONDS * 3,
+                                       minimum=WORKER_HEARTBEAT_SECONDS * 2)
 WORKER_READY_FILE = env_str("WORKER_READY_FILE", str(VAR_DIR / "worker-ready"))
 BATCH_MAX_SIZE = env_int("BATCH_MAX_SIZE", 16, minimum=1, maximum=1024)
 BATCH_MAX_WAIT_MS = env_float("BATCH_MAX_WAIT_MS", 5.0, minimum=0, maximum=1000)
@@ -124,7 +128,7 @@ BROKER_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
 # recording it as unacknowledged). Below the visibility timeout, so the broker's
 # redelivery of a message finds the job's lease expired and runs it.
 JOB_LEASE_SECONDS = env_float("JOB_LEASE_SECONDS", BROKER_VISIBILITY_TIMEOUT * 0.9, minimum=1)
-REAPER_INTERVAL_SECONDS = env_float("REAPER_INTERVAL_SECONDS", 10.0, minimum=0.2)
+REAPER_INTERVAL_SECONDS = env_float("REAPER_INTERVAL_SECONDS", 2.0, minimum=0.2)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
     # Look for messages of dead workers every few seconds (kombu's default scans

@@ -6,7 +6,10 @@ in-process, one at a time:
 
 - ``load``: open the volume, load the model, warm it up, start the batcher (once a process);
 - ``beat``: the heartbeat in Redis, the ready file (the Kubernetes probes), the gauges;
-- ``reap``: send again the jobs whose lease ran out unfinished (one worker at a time);
+- ``reap``: send again the jobs whose lease ran out unfinished (one worker at a time); the
+  heartbeat renews the short leases of the jobs this process computes, so a dead worker's jobs
+  are sent again within seconds;
+- ``resend``: send again the jobs whose messages could not go back to a broker that was away;
 - ``sweep``: remove expired images from a local image store;
 - ``withdraw``: stop advertising readiness, before draining;
 - ``hand_off``: move a retired version's leftover messages to the active version's queue;
@@ -60,6 +63,7 @@ class WorkerConfig:
     reaper_interval_seconds: float
     job_ttl_seconds: int
     job_lease_seconds: float
+    claim_lease_seconds: float
     max_deliveries: int
     batch_max_size: int
     batch_max_wait_ms: float
@@ -78,6 +82,7 @@ class WorkerConfig:
             reaper_interval_seconds=settings.REAPER_INTERVAL_SECONDS,
             job_ttl_seconds=settings.JOB_TTL_SECONDS,
             job_lease_seconds=settings.JOB_LEASE_SECONDS,
+            claim_lease_seconds=settings.WORKER_CLAIM_LEASE_SECONDS,
             max_deliveries=settings.WORKER_MAX_DELIVERIES,
             batch_max_size=settings.BATCH_MAX_SIZE,
             batch_max_wait_ms=settings.BATCH_MAX_WAIT_MS,
@@ -157,7 +162,8 @@ class WorkerProcess:
         batcher.start()
         self._context = WorkerContext(worker_id=self.worker_id, runtime=runtime, batcher=batcher,
                                       jobs=self.jobs, images=self.images,
-                                      max_deliveries=self.config.max_deliveries)
+                                      max_deliveries=self.config.max_deliveries,
+                                      claim_lease_seconds=self.config.claim_lease_seconds)
         logger.info("model loaded", extra={
             "model_version": volume.version, "load_s": round(self._load_seconds, 3),
             "warm_up_s": round(warm_s, 3), "model_bytes": volume.total_bytes})
@@ -189,6 +195,7 @@ class WorkerProcess:
                 info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
                       "manifest_sha256": self._manifest_sha256},
             )
+            self.jobs.renew(ctx.held(), worker=self.worker_id, lease_seconds=self.config.claim_lease_seconds)
             self._redis_took_beat_at = time.time()
         finally:
             self.config.ready_file.parent.mkdir(parents=True, exist_ok=True)
@@ -215,16 +222,43 @@ class WorkerProcess:
         overdue = self.jobs.reap()
         if not overdue:
             return 0
-        state = rollout_state(self.client, prefix=self.config.key_prefix,
-                              default_version=self.config.default_version)
         for job_id, version, request_id in overdue:
-            serving = state.serves(version) or heartbeat.ready_workers(
-                self.client, prefix=self.config.key_prefix, version=version)
-            queue = queue_for(version if serving or not state.active else state.active)
-            recognition_send(self.sender, job_id=job_id, request_id=request_id or None, queue=queue)
-            statsd().increment("job.requeued", tags=version_tags(version, queue))
+            queue = self._send_again(job_id, version, request_id or None)
             logger.warning("overdue job sent again", extra={"job_id": job_id, "queue": queue})
         return len(overdue)
+
+    def resend(self) -> int:
+        """Send again the jobs whose messages could not go back to the broker (it was away),
+        once Redis answers; returns how many. A job already finished, running or expired is
+        left alone; a duplicate message of a queued job is dropped by its claim."""
+        pending = self.context.take_resends()
+        sent = 0
+        try:
+            while pending:
+                job_id, request_id = next(iter(pending.items()))
+                record = self.jobs.get(job_id)
+                if record is not None and record.get("status") == "queued":
+                    self._send_again(job_id, record.get("model_version", self.config.version), request_id)
+                    sent += 1
+                del pending[job_id]
+        finally:
+            for job_id, request_id in pending.items():  # Redis still away: next round
+                self.context.resend_later(job_id, request_id)
+        if sent:
+            logger.warning("jobs sent again after a broker outage", extra={"count": sent})
+        return sent
+
+    def _send_again(self, job_id: str, version: str, request_id: str | None) -> str:
+        """Send a job again: to its version's queue while that version serves or has ready
+        workers, else to the active version's. Returns the queue."""
+        state = rollout_state(self.client, prefix=self.config.key_prefix,
+                              default_version=self.config.default_version)
+        serving = state.serves(version) or heartbeat.ready_workers(
+            self.client, prefix=self.config.key_prefix, version=version)
+        queue = queue_for(version if serving or not state.active else state.active)
+        recognition_send(self.sender, job_id=job_id, request_id=request_id, queue=queue)
+        statsd().increment("job.requeued", tags=version_tags(version, queue))
+        return queue
 
     def sweep(self) -> int:
         """Remove images older than the job TTL; returns how many."""
@@ -240,7 +274,7 @@ class WorkerProcess:
         TTL tells readers, and the process (with its loaded model) stays up.
         """
         now = time.monotonic() if now is None else now
-        steps: list[tuple[str, Callable[[], object]]] = [("heartbeat", self.beat)]
+        steps: list[tuple[str, Callable[[], object]]] = [("heartbeat", self.beat), ("resending jobs", self.resend)]
         if now - self._last_reap >= self.config.reaper_interval_seconds:
             self._last_reap = now
             steps.append(("reaping overdue jobs", self.reap))

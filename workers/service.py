@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 
 import redis
 
@@ -30,6 +33,37 @@ class WorkerContext:
     jobs: JobStore
     images: ImageStore
     max_deliveries: int
+    # How long a claim lasts unless the heartbeat renews it (None: the job store's lease).
+    claim_lease_seconds: float | None = None
+    _held: set[str] = field(default_factory=set)
+    _to_resend: dict[str, str | None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def holding(self, job_id: str) -> Iterator[None]:
+        """The job is this process's while the block runs: the heartbeat renews its lease."""
+        with self._lock:
+            self._held.add(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(job_id)
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return sorted(self._held)
+
+    def resend_later(self, job_id: str, request_id: str | None) -> None:
+        """The job's message could not go back to the broker (Redis away): send it again once
+        Redis answers (``WorkerProcess.resend``) rather than after the visibility timeout."""
+        with self._lock:
+            self._to_resend[job_id] = request_id
+
+    def take_resends(self) -> dict[str, str | None]:
+        with self._lock:
+            taken, self._to_resend = self._to_resend, {}
+            return taken
 
     @property
     def model_name(self) -> str:
@@ -41,7 +75,14 @@ class WorkerContext:
 
 
 class TransientError(Exception):
-    """Infrastructure failed (Redis, the image store); the job should be delivered again."""
+    """Infrastructure failed (Redis, the image store); the job should be delivered again.
+
+    ``component`` names what failed: "redis" (the message cannot go back either) or
+    "image store"."""
+
+    def __init__(self, component: str, error: Exception) -> None:
+        super().__init__(f"{component}: {type(error).__name__}: {error}")
+        self.component = component
 
 
 def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
@@ -51,9 +92,10 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
     infrastructure raise TransientError so that the message is delivered again.
     """
     try:
-        claim = context.jobs.claim(job_id, worker=context.worker_id, max_deliveries=context.max_deliveries)
+        claim = context.jobs.claim(job_id, worker=context.worker_id, max_deliveries=context.max_deliveries,
+                                   lease_seconds=context.claim_lease_seconds)
     except redis.RedisError as exc:
-        raise TransientError(str(exc)) from exc
+        raise TransientError("redis", exc) from exc
     if claim.outcome in ("missing", "done", "busy"):
         # Expired; finished by an earlier delivery; or a duplicate delivery of a job that
         # another worker is computing under a live lease: nothing to do.
@@ -61,7 +103,22 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
     if claim.outcome == "exhausted":
         _record_failure(context, job_id, _delivery_limit(claim.deliveries))
         return "failed"
-    record = claim.record
+    with context.holding(job_id):
+        try:
+            return _compute_and_record(job_id=job_id, record=claim.record, context=context)
+        except TransientError as exc:
+            _give_back(context, job_id, exc)
+            raise
+
+
+def _give_back(context: WorkerContext, job_id: str, error: TransientError) -> None:
+    """Release the claim, so the next delivery runs at once and is not counted as one that
+    lost its worker; with Redis away the claim's lease runs out instead (the reaper)."""
+    with suppress(redis.RedisError):
+        context.jobs.release(job_id, worker=context.worker_id, reason=str(error))
+
+
+def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerContext) -> str:
     timings: dict[str, float] = {}
     started_at = float(record["started_at"])
     timings["queue_wait"] = round((started_at - float(record["created_at"])) * 1000, 2)
@@ -76,7 +133,7 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
             except JobFailure:
                 raise
             except Exception as exc:
-                raise TransientError(f"image store: {exc}") from exc
+                raise TransientError("image store", exc) from exc
             t0 = time.perf_counter()
             rgb = decode_rgb(data, max_side=context.runtime.decode_max_side)
             t1 = time.perf_counter()
@@ -111,7 +168,7 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
             model_version=context.model_version,
         )
     except redis.RedisError as exc:
-        raise TransientError(str(exc)) from exc
+        raise TransientError("redis", exc) from exc
     statsd().increment("job.completed", tags=[*tags, "status:succeeded"])
     return "succeeded"
 
@@ -137,5 +194,5 @@ def _record_failure(context: WorkerContext, job_id: str, failure: JobFailure) ->
             model_version=context.model_version,
         )
     except redis.RedisError as exc:
-        raise TransientError(str(exc)) from exc
+        raise TransientError("redis", exc) from exc
 

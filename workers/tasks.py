@@ -20,14 +20,18 @@ logger = logging.getLogger(__name__)
 def recognize(job_id: str, request_id: str | None = None) -> str:
     token = request_id_var.set(request_id)
     try:
-        outcome = recognition_job_process(job_id=job_id, context=process.current().context)
+        context = process.current().context
+        outcome = recognition_job_process(job_id=job_id, context=context)
         logger.info("job processed", extra={"job_id": job_id, "outcome": outcome})
         return outcome
     except TransientError as exc:
-        # Put the message back rather than ack it: the job is not lost, and the
-        # pause keeps a Redis outage from turning into a hot redelivery loop.
+        # Put the message back rather than ack it: the job is not lost, and the pause keeps
+        # an outage from turning into a hot redelivery loop. With Redis away the message
+        # cannot go back now either: the worker sends the job again once Redis answers.
         logger.warning("transient failure, requeueing", extra={"job_id": job_id, "error": str(exc)})
-        time.sleep(1.0)
+        if exc.component == "redis":
+            context.resend_later(job_id, request_id)
+        time.sleep(0.5)
         raise Reject(str(exc), requeue=True) from exc
     finally:
         request_id_var.reset(token)

@@ -153,3 +153,32 @@ def test_overdue_unfinished_jobs_are_reaped_once_and_finished_ones_never(redis_c
     assert all(version == "1" for _, version, _ in reaped)
     assert store.reap() == []  # each got a new deadline
     assert store.client.zscore(store.pending_key, done) is None
+
+
+def test_a_short_claim_is_kept_alive_by_its_workers_renewals_only(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = JobStore(redis_client, key_prefix, ttl_seconds=60, lease_seconds=60)
+    held, _ = create(store)
+    other, _ = create(store)
+    store.claim(held, worker="w1", max_deliveries=3, lease_seconds=0.3)
+    store.claim(other, worker="w2", max_deliveries=3, lease_seconds=0.3)
+    for _ in range(3):
+        time.sleep(0.15)
+        assert store.renew([held, other], worker="w1", lease_seconds=0.3) == 1  # w2's job is not w1's to renew
+    reaped = [job for job, _, _ in store.reap()]
+    assert reaped == [other], "the renewed claim was reaped, or the abandoned one was not"
+    store.succeed(held, result={}, timings={})
+    assert store.renew([held], worker="w1", lease_seconds=0.3) == 0  # a finished job is left alone
+    assert store.client.zscore(store.pending_key, held) is None
+
+
+def test_a_released_claim_is_queued_again_without_counting_a_delivery(store: JobStore) -> None:
+    job_id, _ = create(store)
+    store.claim(job_id, worker="w1", max_deliveries=3)
+    assert not store.release(job_id, worker="w2", reason="not w2's")
+    assert store.release(job_id, worker="w1", reason="image store: ConnectionError: timed out")
+    record = store.get(job_id)
+    assert (record["status"], record["deliveries"]) == ("queued", "0")
+    assert record["last_error"] == "image store: ConnectionError: timed out"
+    assert "worker" not in record
+    assert store.claim(job_id, worker="w2", max_deliveries=3).outcome == "claimed", "the next delivery runs at once"
+    assert not store.release(job_id, worker="w1", reason="late")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 import redis
 
 from common.queues import queue_for
-from harness import Stack, stack_env, start_redis, wait_until
+from harness import Process, Stack, stack_env, start_redis, wait_until
+from harness.load import Load
 from tests.conftest import jpeg_bytes
 
 
@@ -93,3 +95,54 @@ def test_a_job_whose_message_vanished_is_sent_again_and_finishes(crash_stack: St
         job = client.get(f"/v1/recognitions/{job_id}?wait=30").json()
     assert job["status"] == "succeeded"
     assert "overdue job sent again" in worker.output()
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, reference_model_root: Path) -> Iterator[tuple[Stack, Process, Process]]:
+    """Production lease settings (no short visibility timeout or lease): what a SIGKILL costs."""
+    redis_process, url = start_redis(tmp_path)
+    env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
+                         METRICS_ENABLED="false")
+    stack = Stack(tmp_path, env, key, url)
+    try:
+        stack.start_api()
+        doomed, rescuer = stack.start_worker("1", name="doomed"), stack.start_worker("1", name="rescuer")
+        stack.wait_worker_ready(doomed, "1")
+        stack.wait_worker_ready(rescuer, "1")
+        yield stack, doomed, rescuer
+    finally:
+        stack.stop()
+        redis_process.kill()
+
+
+def test_a_killed_workers_jobs_finish_elsewhere_within_seconds(
+    two_workers: tuple[Stack, Process, Process], coffee,  # type: ignore[no-untyped-def]
+) -> None:
+    stack, doomed, rescuer = two_workers
+    store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    prefix = stack.env["REDIS_KEY_PREFIX"]
+    load = Load(stack, jpeg_bytes(coffee), clients=8, wait_seconds=20).start()
+
+    def held_by_doomed() -> list[str]:
+        """Unfinished jobs (the pending index) that the doomed worker is computing."""
+        mine = f":{doomed.popen.pid}"
+        return [j for j in store.zrange(f"{prefix}pending", 0, -1)
+                if store.hget(f"{prefix}job:{j}", "status") == "running"
+                and (store.hget(f"{prefix}job:{j}", "worker") or "").endswith(mine)]
+
+    wait_until(lambda: len(held_by_doomed()) >= 2, 60, "the doomed worker to hold jobs", interval=0.01)
+    doomed.stop(signal.SIGKILL)
+    killed_at = time.time()
+    held = held_by_doomed()
+    assert held, "the worker held nothing when it was killed; the test proved nothing"
+    wait_until(lambda: all(store.hget(f"{prefix}job:{j}", "status") == "succeeded" for j in held), 60,
+               "the killed worker's jobs to finish elsewhere")
+    finished = max(float(store.hget(f"{prefix}job:{j}", "finished_at")) for j in held)
+    time.sleep(2)
+    load.stop()
+    outcome = load.outcome(store, prefix, within=60)
+    print(f"worker SIGKILL: {outcome.row()}, {len(held)} held jobs finished {finished - killed_at:.1f}s after the kill")
+    assert finished - killed_at <= 20, f"the held jobs finished {finished - killed_at:.1f}s after the kill"
+    for job_id in held:
+        assert store.hget(f"{prefix}job:{job_id}", "worker").endswith(f":{rescuer.popen.pid}")
+    assert outcome.lost == 0 and outcome.failed == 0, outcome

@@ -36,8 +36,8 @@ def config(tmp_path: Path, key_prefix: str, version: str) -> WorkerConfig:
     return WorkerConfig(
         model_root=tmp_path / "models", model_name="reference", version=version, default_version=version,
         key_prefix=key_prefix, ready_file=tmp_path / "ready", heartbeat_seconds=1.0,
-        reaper_interval_seconds=10.0, job_ttl_seconds=3600, job_lease_seconds=0.05, max_deliveries=3,
-        batch_max_size=4, batch_max_wait_ms=1.0,
+        reaper_interval_seconds=10.0, job_ttl_seconds=3600, job_lease_seconds=0.05, claim_lease_seconds=0.05,
+        max_deliveries=3, batch_max_size=4, batch_max_wait_ms=1.0,
     )
 
 
@@ -215,3 +215,38 @@ def test_the_config_is_read_from_the_settings(settings) -> None:  # type: ignore
     settings.REAPER_INTERVAL_SECONDS = 3.0
     config = WorkerConfig.from_settings(settings)
     assert (config.version, config.reaper_interval_seconds) == ("7", 3.0)
+
+
+def test_the_heartbeat_renews_the_claims_of_the_jobs_it_computes(
+    process: WorkerProcess, version: str, config: WorkerConfig,
+) -> None:
+    job_id = process.jobs.new_id()
+    process.jobs.create(job_id=job_id, fields={}, default_version=version, max_queue_depth=0, canary_draw=0.5)
+    process.jobs.claim(job_id, worker=process.worker_id, max_deliveries=3, lease_seconds=config.claim_lease_seconds)
+    with process.context.holding(job_id):
+        for _ in range(3):
+            time.sleep(config.claim_lease_seconds)
+            process.beat()
+            assert process.jobs.reap() == [], "a job this live worker computes was taken as abandoned"
+    time.sleep(config.claim_lease_seconds * 2)
+    assert [job for job, _, _ in process.jobs.reap()] == [job_id], "the claim outlived its worker"
+
+
+def test_jobs_whose_messages_could_not_go_back_are_sent_again_once_redis_answers(
+    process: WorkerProcess, redis_client: redis.Redis, version: str,
+) -> None:
+    queued, finished = process.jobs.new_id(), process.jobs.new_id()
+    for job_id in (queued, finished):
+        process.jobs.create(job_id=job_id, fields={}, default_version=version, max_queue_depth=0, canary_draw=0.5)
+    process.jobs.succeed(finished, result={}, timings={})
+    process.context.resend_later(queued, "req-9")
+    process.context.resend_later(finished, "req-10")
+    reachable = process.client
+    process.client = redis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    process.jobs.client = process.client
+    with pytest.raises(redis.ConnectionError):
+        process.resend()
+    process.client = process.jobs.client = reachable
+    assert process.resend() == 1
+    assert queued_tasks(redis_client, queue_for(version)) == [(TASK_NAME, {"job_id": queued, "request_id": "req-9"})]
+    assert process.resend() == 0, "sent twice"

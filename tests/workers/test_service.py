@@ -93,3 +93,18 @@ def test_a_redis_outage_is_transient_so_the_message_is_redelivered(context: Work
     context.jobs = JobStore(redis.Redis(port=1, socket_connect_timeout=0.2), "x:", 60)
     with pytest.raises(TransientError):
         recognition_job_process(job_id="a" * 32, context=context)
+
+
+def test_an_image_store_failure_after_the_claim_gives_the_job_back_at_once(context: WorkerContext) -> None:
+    class FlakyStore:
+        def get(self, key: str) -> bytes:
+            raise TimeoutError("the image store timed out")
+
+    job_id = queue_job(context, png((1, 2, 3)))
+    context.images = FlakyStore()  # type: ignore[assignment]
+    with pytest.raises(TransientError, match="image store: TimeoutError: the image store timed out"):
+        recognition_job_process(job_id=job_id, context=context)
+    record = context.jobs.get(job_id)
+    assert (record["status"], record["deliveries"]) == ("queued", "0"), "the failure counted as a lost worker"
+    assert record["last_error"].startswith("image store: TimeoutError")
+    assert context.held() == []
