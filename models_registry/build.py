@@ -266,14 +266,16 @@ def build_reference(root: Path, version: str = "1", *, name: str = "reference", 
     )
 
 
-def build_null(root: Path, version: str, *, name: str = "reference", delay_ms: float = 0.0) -> ModelVolume:
+def build_null(
+    root: Path, version: str, *, name: str = "reference", delay_ms: float = 0.0, stall_ms: float = 0.0,
+) -> ModelVolume:
     """A volume whose model answers at once (pipeline overhead, plumbing tests)."""
 
     def populate(directory: Path) -> dict[str, Any]:
         (directory / "README").write_text("The null model: answers at once; for measuring overhead.\n")
         return {
             "input": {"formats": ["jpeg", "png", "webp", "heif"], "decode_max_side": 256},
-            "null": {"delay_ms": delay_ms},
+            "null": {"delay_ms": delay_ms, "stall_ms": stall_ms},
             "thresholds": {},
         }
 

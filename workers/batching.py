@@ -71,6 +71,7 @@ class Batcher:
         self._items: deque[_Item] = deque()
         self._incoming = 0  # announced items not yet submitted
         self._stopping = False
+        self._predict_started: float | None = None  # while a batch is in the model
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
 
@@ -134,13 +135,19 @@ class Batcher:
         while (batch := self._next_batch()) is not None:
             self._run_batch(batch)
 
+    def predicting_for(self) -> float:
+        """Seconds the batch now in the model has been there; 0 when the model is idle."""
+        started = self._predict_started
+        return 0.0 if started is None else time.perf_counter() - started
+
     def _run_batch(self, batch: list[_Item]) -> None:
-        started = time.perf_counter()
+        started = self._predict_started = time.perf_counter()
         try:
             outputs = self._predict([item.payload for item in batch])
             if len(outputs) != len(batch):
                 raise RuntimeError(f"predict returned {len(outputs)} results for {len(batch)} inputs")
         except Exception as exc:
+            self._predict_started = None
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 return
@@ -148,6 +155,7 @@ class Batcher:
             for item in batch:
                 self._run_batch([item])
             return
+        self._predict_started = None
         elapsed_ms = (time.perf_counter() - started) * 1000
         if self._on_batch:
             self._on_batch(len(batch), elapsed_ms)

@@ -11,6 +11,8 @@ in-process, one at a time:
   are sent again within seconds;
 - ``resend``: send again the jobs whose messages could not go back to a broker that was away;
 - ``sweep``: remove expired images from a local image store;
+- ``check_inference``: a batch hung in the model withdraws the worker and ends its process
+  (non-zero), so that Kubernetes starts a new one and the jobs go elsewhere;
 - ``withdraw``: stop advertising readiness, before draining;
 - ``hand_off``: move a retired version's leftover messages to the active version's queue;
 - ``unload``: all of the above undone, in order.
@@ -67,6 +69,7 @@ class WorkerConfig:
     max_deliveries: int
     batch_max_size: int
     batch_max_wait_ms: float
+    max_batch_seconds: float = 120.0
     sweep_interval_seconds: float = 300.0
 
     @classmethod
@@ -86,6 +89,7 @@ class WorkerConfig:
             max_deliveries=settings.WORKER_MAX_DELIVERIES,
             batch_max_size=settings.BATCH_MAX_SIZE,
             batch_max_wait_ms=settings.BATCH_MAX_WAIT_MS,
+            max_batch_seconds=settings.WORKER_MAX_BATCH_SECONDS,
         )
 
 
@@ -99,6 +103,7 @@ class WorkerProcess:
         sender: TaskSender,
         worker_id: str | None = None,
         load_runtime: Callable[[ModelVolume], ModelRuntime] = runtime_for,
+        exit_process: Callable[[int], object] = os._exit,
     ) -> None:
         self.config = config
         self.client = client
@@ -107,6 +112,7 @@ class WorkerProcess:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.jobs = JobStore(client, config.key_prefix, config.job_ttl_seconds, config.job_lease_seconds)
         self._load_runtime = load_runtime
+        self._exit_process = exit_process
         self._context: WorkerContext | None = None
         self._manifest_sha256 = ""
         self._load_seconds = 0.0
@@ -267,6 +273,23 @@ class WorkerProcess:
             logger.info("expired images removed", extra={"count": removed})
         return removed
 
+    def check_inference(self) -> bool:
+        """End the process if a batch has been in the model for longer than it ever should.
+
+        The inference thread cannot be interrupted, and the process cannot drain around it, so
+        it withdraws (not ready: no new jobs, the ready file gone) and exits at once with status
+        4; its claims are no longer renewed, so its jobs are sent again within the claim lease.
+        Returns whether the model is healthy.
+        """
+        stuck = self.context.batcher.predicting_for()
+        if stuck <= self.config.max_batch_seconds:
+            return True
+        logger.critical("a batch has been in the model for %.0f s (limit %.0f s): the worker exits",
+                        stuck, self.config.max_batch_seconds)
+        self.withdraw()
+        self._exit_process(4)
+        return False
+
     def tick(self, now: float | None = None) -> None:
         """One round of housekeeping: beat, and reap and sweep when they are due.
 
@@ -274,6 +297,8 @@ class WorkerProcess:
         TTL tells readers, and the process (with its loaded model) stays up.
         """
         now = time.monotonic() if now is None else now
+        if not self.check_inference():
+            return
         steps: list[tuple[str, Callable[[], object]]] = [("heartbeat", self.beat), ("resending jobs", self.resend)]
         if now - self._last_reap >= self.config.reaper_interval_seconds:
             self._last_reap = now

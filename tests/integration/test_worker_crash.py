@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from common.heartbeat import ready_workers
 from common.queues import queue_for
 from harness import Process, Stack, stack_env, start_redis, wait_until
 from harness.load import Load
-from tests.conftest import jpeg_bytes
+from models_registry.build import build_null
+from tests.conftest import jpeg_bytes, solid
 
 
 @pytest.fixture
@@ -146,3 +148,28 @@ def test_a_killed_workers_jobs_finish_elsewhere_within_seconds(
     for job_id in held:
         assert store.hget(f"{prefix}job:{job_id}", "worker").endswith(f":{rescuer.popen.pid}")
     assert outcome.lost == 0 and outcome.failed == 0, outcome
+
+
+def test_a_worker_whose_model_hangs_withdraws_and_exits_non_zero(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    build_null(models, "1", stall_ms=600_000)  # once warmed up, the model never answers
+    redis_process, url = start_redis(tmp_path)
+    env, key = stack_env(tmp_path, url, model_root=models, default_version="1", METRICS_ENABLED="false",
+                         WORKER_MAX_BATCH_SECONDS="2", WORKER_HEARTBEAT_SECONDS="0.5")
+    stack = Stack(tmp_path, env, key, url)
+    try:
+        stack.start_api()
+        worker = stack.start_worker("1")
+        stack.wait_worker_ready(worker, "1")
+        with stack.client() as client:
+            assert client.post("/recognize", files={"image": ("a.jpg", jpeg_bytes(solid((1, 2, 3))),
+                                                               "image/jpeg")}).status_code == 202
+        worker.popen.wait(30)
+        assert worker.popen.returncode == 4, worker.output()[-2000:]
+        assert "a batch has been in the model for" in worker.output()
+        assert not (tmp_path / "ready-1").exists()
+        store = redis.Redis.from_url(url)
+        assert not ready_workers(store, prefix=env["REDIS_KEY_PREFIX"], version="1")
+    finally:
+        stack.stop()
+        redis_process.kill()

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,45 @@ def test_jobs_whose_messages_could_not_go_back_are_sent_again_once_redis_answers
     assert process.resend() == 1
     assert queued_tasks(redis_client, queue_for(version)) == [(TASK_NAME, {"job_id": queued, "request_id": "req-9"})]
     assert process.resend() == 0, "sent twice"
+
+
+def test_a_batch_hung_in_the_model_withdraws_the_worker_and_ends_its_process(
+    tmp_path: Path, redis_client: redis.Redis, sender: Celery, config: WorkerConfig,
+) -> None:
+    release = threading.Event()
+
+    class HangingRuntime:
+        def __init__(self, volume) -> None:  # type: ignore[no-untyped-def]
+            self.volume, self.decode_max_side, self.warm = volume, 64, True
+
+        def load(self) -> None: ...
+
+        def prepare(self, rgb):  # type: ignore[no-untyped-def]
+            return rgb
+
+        def predict(self, batch):  # type: ignore[no-untyped-def]
+            if not self.warm:
+                release.wait(30)  # the model never answers
+            self.warm = False
+            return [{} for _ in batch]
+
+        def unload(self) -> None: ...
+
+    exits: list[int] = []
+    process = WorkerProcess(replace(config, max_batch_seconds=0.3), client=redis_client,
+                            images=LocalImageStore(tmp_path / "images"), sender=sender, worker_id="host:9",
+                            load_runtime=HangingRuntime, exit_process=exits.append)
+    process.load()
+    process.start()
+    try:
+        process.context.batcher.submit("a photo")
+        process.tick()
+        assert exits == [], "a batch just started was taken as hung"
+        time.sleep(0.5)
+        process.tick()
+        assert exits == [4]
+        assert not config.ready_file.exists()
+        assert heartbeat.ready_workers(redis_client, prefix=config.key_prefix, version=config.version) == []
+    finally:
+        release.set()
+        process.unload()

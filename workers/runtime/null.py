@@ -17,6 +17,10 @@ class NullRuntime:
         self.volume = volume
         self.decode_max_side = int(volume.manifest.get("input", {}).get("decode_max_side", 256))
         self.delay_s = float(volume.manifest.get("null", {}).get("delay_ms", 0)) / 1000
+        # Every batch after the first (the worker's warm-up) stalls this long: a model that hangs
+        # once it serves, for the hung-inference watchdog's tests.
+        self.stall_s = float(volume.manifest.get("null", {}).get("stall_ms", 0)) / 1000
+        self._warmed_up = False
 
     def load(self) -> None:
         pass
@@ -27,6 +31,9 @@ class NullRuntime:
     def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.stall_s and self._warmed_up:
+            time.sleep(self.stall_s)
+        self._warmed_up = True
         results = []
         for mean in batch:
             value = "#{:02x}{:02x}{:02x}".format(*mean)
