@@ -121,6 +121,15 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return 1
 """
 
+# Marks a queued job as rescued from the message ``ARGV[1]`` (taken by a worker that never
+# claimed it), once: the caller sends it again only when this returns 1.
+_RESCUE = """
+local fields = redis.call('HMGET', KEYS[1], 'status', 'rescued')
+if fields[1] ~= 'queued' or fields[2] == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'rescued', ARGV[1])
+return 1
+"""
+
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -169,6 +178,7 @@ class JobStore:
         self._reap = self.client.register_script(_REAP)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
+        self._rescue = self.client.register_script(_RESCUE)
 
     # --- keys -------------------------------------------------------------------------
 
@@ -288,6 +298,11 @@ class JobStore:
         until = repr(time.time() + self.lease_seconds)
         return bool(self._release(keys=[self.job_key(job_id), self.pending_key],
                                   args=[worker, until, job_id, reason]))
+
+    def rescue(self, job_id: str, *, delivery_tag: str) -> bool:
+        """Whether the job is still queued although the message ``delivery_tag`` was taken for
+        it long ago (its worker died before claiming it); true once per message."""
+        return bool(self._rescue(keys=[self.job_key(job_id)], args=[delivery_tag]))
 
     def reap(self, *, limit: int = 100) -> list[tuple[str, str, str]]:
         """Overdue unfinished jobs as (job id, model version, request id), each given a new deadline."""

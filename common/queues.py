@@ -13,12 +13,19 @@ the job store are one Redis by design (``config.settings`` refuses a different
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any, Protocol
 
 import redis
 
 TASK_NAME = "recognition.recognize"  # never rename: workers of the old image consume it
 QUEUE_PREFIX = "recognize."
+# Where kombu's Redis transport keeps the messages workers took and have not acknowledged
+# (its defaults; config.settings does not change them): a hash by delivery tag, and a sorted
+# set of delivery tags by the time they were taken.
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
 
 
 class TaskSender(Protocol):
@@ -41,3 +48,26 @@ def recognition_send(app: TaskSender, *, job_id: str, request_id: str | None, qu
     """Put one job's message on ``queue``."""
     app.send_task(TASK_NAME, kwargs={"job_id": job_id, "request_id": request_id},
                   queue=queue, routing_key=queue)
+
+
+def message_task(raw: bytes | str) -> tuple[str, dict[str, Any]]:
+    """(task name, kwargs) of one message as kombu's Redis transport stores it."""
+    message = json.loads(raw)
+    _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    return message["headers"]["task"], kwargs
+
+
+def taken_before(client: redis.Redis, cutoff: float, *, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+    """(delivery tag, kwargs) of recognition messages that a worker took before ``cutoff`` (epoch
+    seconds) and has not acknowledged yet."""
+    out = []
+    for tag in client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", cutoff, start=0, num=limit):
+        raw = client.hget(UNACKED_KEY, tag)
+        if raw is None:
+            continue  # acknowledged meanwhile
+        message, _exchange, _routing_key = json.loads(raw)
+        task, kwargs = message_task(json.dumps(message))
+        if task == TASK_NAME:
+            out.append((tag.decode() if isinstance(tag, bytes) else tag, kwargs))
+    return out
+

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import base64
 import io
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,10 +71,26 @@ def solid(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> Imag
 
 def queued_tasks(client: redis.Redis, queue: str) -> list[tuple[str, dict]]:
     """(task name, kwargs) of each message that kombu's Redis transport holds on ``queue``."""
-    return [task_of(raw) for raw in client.lrange(queue, 0, -1)]
+    from common.queues import message_task
+
+    return [message_task(raw) for raw in client.lrange(queue, 0, -1)]
 
 
-def task_of(raw: bytes) -> tuple[str, dict]:
-    message = json.loads(raw)
-    _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    return message["headers"]["task"], kwargs
+_chaos_rows: list = []
+
+
+@pytest.fixture(scope="session")
+def chaos_rows() -> list:
+    """The fault scenarios append a ``harness.chaos.Row`` each; the run prints them as a table."""
+    return _chaos_rows
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    if not _chaos_rows:
+        return
+    from harness.chaos import save, table
+    from harness.processes import ROOT
+
+    terminalreporter.write_sep("=", "fault scenarios (harness/chaos.py)")
+    terminalreporter.write_line(table(_chaos_rows))
+    save(_chaos_rows, ROOT / "var" / "chaos.json")

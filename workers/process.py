@@ -41,7 +41,7 @@ from common import heartbeat
 from common.imagestore import ImageStore, image_store_from_url
 from common.jobstore import JobStore
 from common.metrics import statsd, version_tags
-from common.queues import TaskSender, queue_depth, queue_for, recognition_send
+from common.queues import TaskSender, queue_depth, queue_for, recognition_send, taken_before
 from common.rollout import rollout_state
 from common.volume import ModelVolume, version_dir
 from workers.batching import Batcher
@@ -226,12 +226,27 @@ class WorkerProcess:
                                px=int(self.config.reaper_interval_seconds * 1000)):
             return 0
         overdue = self.jobs.reap()
-        if not overdue:
-            return 0
         for job_id, version, request_id in overdue:
             queue = self._send_again(job_id, version, request_id or None)
             logger.warning("overdue job sent again", extra={"job_id": job_id, "queue": queue})
-        return len(overdue)
+        return len(overdue) + self._rescue_taken_unclaimed()
+
+    def _rescue_taken_unclaimed(self) -> int:
+        """Send again the queued jobs whose message a worker took a claim lease ago without
+        claiming the job: that worker died between taking the message and starting the task
+        (a live one claims at once: it takes no more messages than it has free threads). The
+        message itself comes back only with the visibility timeout, and is dropped then."""
+        rescued = 0
+        for tag, kwargs in taken_before(self.client, time.time() - self.config.claim_lease_seconds):
+            job_id = str(kwargs.get("job_id", ""))
+            if job_id and self.jobs.rescue(job_id, delivery_tag=tag):
+                record = self.jobs.get(job_id) or {}
+                queue = self._send_again(job_id, record.get("model_version", self.config.version),
+                                         kwargs.get("request_id"))
+                logger.warning("job of a message taken and never started sent again",
+                               extra={"job_id": job_id, "queue": queue})
+                rescued += 1
+        return rescued
 
     def resend(self) -> int:
         """Send again the jobs whose messages could not go back to the broker (it was away),

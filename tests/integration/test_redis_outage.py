@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from harness import ROOT, Process, Stack, stack_env, start_redis, wait_until
+from harness.chaos import Row, model_loads
 from harness.load import Load
 from tests.conftest import jpeg_bytes, solid
 
@@ -59,9 +60,10 @@ def first_result_after(stack: Stack, started: float, timeout: float = 30) -> flo
     raise AssertionError(f"no job succeeded within {timeout}s")
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("outage_seconds", [5, 60])
 def test_a_worker_keeps_its_model_and_loses_no_job_through_a_redis_outage(
-    durable_stack: tuple[Stack, Process, list[Process]], outage_seconds: int,
+    durable_stack: tuple[Stack, Process, list[Process]], outage_seconds: int, chaos_rows: list[Row],
 ) -> None:
     stack, worker, redis_processes = durable_stack
     pid = worker.popen.pid
@@ -83,10 +85,10 @@ def test_a_worker_keeps_its_model_and_loses_no_job_through_a_redis_outage(
     client = redis.Redis.from_url(stack.redis_url)
     outcome = load.outcome(client, stack.env["REDIS_KEY_PREFIX"], within=60)
     log = worker.output()
-    print(f"redis outage {outage_seconds}s: {outcome.row()}, first result {recovery:.2f}s after Redis answered, "
-          f"answers {outcome.answers}")
+    chaos_rows.append(Row.of(f"Redis SIGKILL (AOF), down {outage_seconds} s, 4 clients", outcome,
+                             recover_s=recovery, model_reloads=model_loads(log) - 1))
     assert worker.alive() and worker.popen.pid == pid, f"the worker exited:\n{log[-3000:]}"
-    assert log.count('"message": "model loaded"') == 1, "the model was loaded again"
+    assert model_loads(log) == 1, "the model was loaded again"
     assert "Unrecoverable error" not in log
     assert outcome.accepted > 10 and outcome.lost == 0 and outcome.failed == 0, outcome
     assert outcome.answers.get("503", 0) > 0, "the outage was not seen by any client"

@@ -11,8 +11,10 @@ import pytest
 import redis
 
 from common.heartbeat import ready_workers
+from common.jobstore import JobStore
 from common.queues import queue_for
 from harness import Process, Stack, stack_env, start_redis, wait_until
+from harness.chaos import Row, model_loads
 from harness.load import Load
 from models_registry.build import build_null
 from tests.conftest import jpeg_bytes, solid
@@ -117,8 +119,9 @@ def two_workers(tmp_path: Path, reference_model_root: Path) -> Iterator[tuple[St
         redis_process.kill()
 
 
+@pytest.mark.chaos
 def test_a_killed_workers_jobs_finish_elsewhere_within_seconds(
-    two_workers: tuple[Stack, Process, Process], coffee,  # type: ignore[no-untyped-def]
+    two_workers: tuple[Stack, Process, Process], coffee, chaos_rows: list[Row],  # type: ignore[no-untyped-def]
 ) -> None:
     stack, doomed, rescuer = two_workers
     store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
@@ -143,14 +146,16 @@ def test_a_killed_workers_jobs_finish_elsewhere_within_seconds(
     time.sleep(2)
     load.stop()
     outcome = load.outcome(store, prefix, within=60)
-    print(f"worker SIGKILL: {outcome.row()}, {len(held)} held jobs finished {finished - killed_at:.1f}s after the kill")
+    chaos_rows.append(Row.of(f"worker SIGKILL holding {len(held)} jobs, 8 clients", outcome,
+                             recover_s=finished - killed_at, model_reloads=model_loads(rescuer.output()) - 1))
     assert finished - killed_at <= 20, f"the held jobs finished {finished - killed_at:.1f}s after the kill"
     for job_id in held:
         assert store.hget(f"{prefix}job:{job_id}", "worker").endswith(f":{rescuer.popen.pid}")
     assert outcome.lost == 0 and outcome.failed == 0, outcome
 
 
-def test_a_worker_whose_model_hangs_withdraws_and_exits_non_zero(tmp_path: Path) -> None:
+@pytest.mark.chaos
+def test_a_worker_whose_model_hangs_withdraws_and_exits_non_zero(tmp_path: Path, chaos_rows: list[Row]) -> None:
     models = tmp_path / "models"
     build_null(models, "1", stall_ms=600_000)  # once warmed up, the model never answers
     redis_process, url = start_redis(tmp_path)
@@ -162,14 +167,21 @@ def test_a_worker_whose_model_hangs_withdraws_and_exits_non_zero(tmp_path: Path)
         worker = stack.start_worker("1")
         stack.wait_worker_ready(worker, "1")
         with stack.client() as client:
-            assert client.post("/recognize", files={"image": ("a.jpg", jpeg_bytes(solid((1, 2, 3))),
-                                                               "image/jpeg")}).status_code == 202
+            response = client.post("/recognize", files={"image": ("a.jpg", jpeg_bytes(solid((1, 2, 3))), "image/jpeg")})
+        assert response.status_code == 202
+        posted = time.monotonic()
         worker.popen.wait(30)
+        exited_after = time.monotonic() - posted
         assert worker.popen.returncode == 4, worker.output()[-2000:]
         assert "a batch has been in the model for" in worker.output()
         assert not (tmp_path / "ready-1").exists()
         store = redis.Redis.from_url(url)
         assert not ready_workers(store, prefix=env["REDIS_KEY_PREFIX"], version="1")
+        job = JobStore(store, env["REDIS_KEY_PREFIX"]).get(response.json()["id"])
+        # Its only worker is gone: the job waits, claimed until its lease runs out, then queued again.
+        assert job is not None and job["status"] in ("running", "queued")
+        chaos_rows.append(Row("model hangs (WORKER_MAX_BATCH_SECONDS=2): worker exits 4", 1, 0, 0, 0.0,
+                              round(exited_after, 2), 0))
     finally:
         stack.stop()
         redis_process.kill()

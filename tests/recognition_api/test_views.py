@@ -12,9 +12,8 @@ import pytest
 
 from common import heartbeat
 from common.errors import ServiceUnavailable
-from common.queues import TASK_NAME
+from common.queues import TASK_NAME, message_task
 from recognition_api import services
-from tests.conftest import task_of
 from tests.recognition_api.conftest import Api, photo, post, reset_services
 
 
@@ -101,7 +100,7 @@ def test_an_unknown_job_is_a_404_with_its_code(api: Api) -> None:
 def test_a_waiting_request_gets_the_result_as_soon_as_a_worker_finishes_it(api: Api) -> None:
     def worker() -> None:  # takes the message off the queue and finishes the job, as a worker does
         _queue, raw = api.redis.brpop([api.queue], timeout=10)
-        _task, kwargs = task_of(raw)
+        _task, kwargs = message_task(raw)
         api.jobs().succeed(kwargs["job_id"], result={}, timings={}, model_version=api.version)
 
     thread = threading.Thread(target=worker)

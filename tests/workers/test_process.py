@@ -19,7 +19,7 @@ from celery import Celery
 
 from common import heartbeat
 from common.imagestore import LocalImageStore
-from common.queues import TASK_NAME, queue_for
+from common.queues import TASK_NAME, UNACKED_INDEX_KEY, UNACKED_KEY, queue_for, recognition_send
 from common.rollout import rollout_key
 from models_registry.build import build_null
 from tests.conftest import queued_tasks
@@ -294,3 +294,30 @@ def test_a_batch_hung_in_the_model_withdraws_the_worker_and_ends_its_process(
     finally:
         release.set()
         process.unload()
+
+
+def test_a_job_whose_message_was_taken_by_a_worker_that_died_before_claiming_it_is_sent_again(
+    make_process, redis_client: redis.Redis, sender: Celery, version: str, config: WorkerConfig,  # type: ignore[no-untyped-def]
+) -> None:
+    process = make_process(replace(config, job_lease_seconds=60))  # a queued job is not overdue here
+    job_id = process.jobs.new_id()
+    process.jobs.create(job_id=job_id, fields={"request_id": "req-3"}, default_version=version,
+                        max_queue_depth=0, canary_draw=0.5)
+    recognition_send(sender, job_id=job_id, request_id="req-3", queue=queue_for(version))
+    # A worker takes the message, as kombu does (into "unacked"), and dies before claiming the job.
+    raw = redis_client.rpop(queue_for(version))
+    tag = f"tag-{uuid.uuid4().hex}"
+    redis_client.hset(UNACKED_KEY, tag, json.dumps([json.loads(raw), "", queue_for(version)]))
+    redis_client.zadd(UNACKED_INDEX_KEY, {tag: time.time()})
+    try:
+        assert process.reap() == 0, "a message taken just now was taken as abandoned"
+        redis_client.delete(f"{config.key_prefix}reaper")
+        redis_client.zadd(UNACKED_INDEX_KEY, {tag: time.time() - config.claim_lease_seconds - 1})
+        assert process.reap() == 1
+        expected = [(TASK_NAME, {"job_id": job_id, "request_id": "req-3"})]
+        assert queued_tasks(redis_client, queue_for(version)) == expected
+        redis_client.delete(f"{config.key_prefix}reaper")
+        assert process.reap() == 0, "sent twice for the same message"
+    finally:
+        redis_client.hdel(UNACKED_KEY, tag)
+        redis_client.zrem(UNACKED_INDEX_KEY, tag)
