@@ -92,14 +92,22 @@ class ModelVolume:
         return self.path / relative
 
     def verify_checksums(self, progress: Callable[[int], None] | None = None) -> list[str]:
-        """Every listed file exists with its size and sha256, and nothing unlisted is there.
+        """Every listed file exists with its size and sha256, lies inside the volume and is no
+        symlink, and nothing unlisted is there.
 
         Returns the problems found, each naming its file; empty means verified.
         """
         problems = []
         listed = {f["path"] for f in self.manifest["files"]}
+        root = self.path.resolve()
         for entry in self.manifest["files"]:
             path = self.path / entry["path"]
+            if Path(entry["path"]).is_absolute() or ".." in Path(entry["path"]).parts:
+                problems.append(f"{entry['path']}: a path outside the volume")
+                continue
+            if path.is_symlink() or not path.resolve().is_relative_to(root):
+                problems.append(f"{entry['path']}: a symlink (a volume holds its own files)")
+                continue
             if not path.is_file():
                 problems.append(f"{entry['path']}: missing")
                 continue
@@ -111,7 +119,11 @@ class ModelVolume:
                 continue
             if sha256_file(path, progress) != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
-        for dirpath, _, filenames in os.walk(self.path):
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            for name in dirnames:
+                if (Path(dirpath) / name).is_symlink():
+                    rel = (Path(dirpath) / name).relative_to(self.path).as_posix()
+                    problems.append(f"{rel}: a symlink (a volume holds its own files)")
             for filename in filenames:
                 rel = (Path(dirpath) / filename).relative_to(self.path).as_posix()
                 if rel != MANIFEST and rel not in listed:

@@ -99,6 +99,9 @@ WORKER_THREADS = env_int("WORKER_THREADS", 0, minimum=0)  # 0: derived from batc
 # A batch still in the model after this long is taken as hung: the worker withdraws and exits
 # non-zero (Kubernetes starts a new one; the jobs go elsewhere). Generous: a GPU batch takes ms.
 WORKER_MAX_BATCH_SECONDS = env_float("WORKER_MAX_BATCH_SECONDS", 120.0, minimum=1.0)
+# Check every file of the volume (size, sha256) against its manifest while the model loads;
+# a worker whose volume fails never becomes ready. Off only to measure what the check costs.
+WORKER_CHECK_VOLUME = env_bool("WORKER_CHECK_VOLUME", True)
 
 # --- Celery (read by config.celery_app with namespace="CELERY") -------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html

@@ -71,12 +71,14 @@ def check_servable(client: redis.Redis, *, prefix: str, version: str) -> list[st
     if not verified:
         problems.append(f"version {version} has not passed `verify` (run: python -m models_registry verify {version})")
     else:
-        loaded = {w.get("manifest_sha256") for w in workers}
-        stale = sorted(w["id"] for w in workers if w.get("manifest_sha256") != verified)
-        if workers and loaded != {verified}:
+        # What a worker *checked* at load (every file against the manifest), not only what
+        # manifest it read: a worker that skipped or failed the check does not count.
+        checked = {w.get("checked_manifest_sha256") for w in workers}
+        stale = sorted(w["id"] for w in workers if w.get("checked_manifest_sha256") != verified)
+        if workers and checked != {verified}:
             problems.append(
-                f"workers {', '.join(stale)} loaded a volume of version {version} whose manifest "
-                "differs from the one that passed verification"
+                f"workers {', '.join(stale)} did not check, at load, a volume of version {version} whose "
+                "manifest is the one that passed verification"
             )
     return problems
 

@@ -4,7 +4,9 @@
 store, the Celery app it sends with) and is made of small steps that the tests call
 in-process, one at a time:
 
-- ``load``: open the volume, load the model, warm it up, start the batcher (once a process);
+- ``load``: open the volume, load the model while another thread checks every file of it against
+  the manifest (size, sha256, no symlink, nothing outside), warm it up, start the batcher (once a
+  process); a volume that fails the check is never served;
 - ``beat``: the heartbeat in Redis, the ready file (the Kubernetes probes), the gauges;
 - ``reap``: send again the jobs whose lease ran out unfinished (one worker at a time); the
   heartbeat renews the short leases of the jobs this process computes, so a dead worker's jobs
@@ -43,7 +45,7 @@ from common.jobstore import JobStore
 from common.metrics import statsd, version_tags
 from common.queues import TaskSender, queue_depth, queue_for, recognition_send, taken_before
 from common.rollout import rollout_state
-from common.volume import ModelVolume, version_dir
+from common.volume import ModelVolume, VolumeError, version_dir
 from workers.batching import Batcher
 from workers.runtime import ModelRuntime, runtime_for
 from workers.service import WorkerContext
@@ -70,6 +72,7 @@ class WorkerConfig:
     batch_max_size: int
     batch_max_wait_ms: float
     max_batch_seconds: float = 120.0
+    check_volume: bool = True
     sweep_interval_seconds: float = 300.0
 
     @classmethod
@@ -90,6 +93,7 @@ class WorkerConfig:
             batch_max_size=settings.BATCH_MAX_SIZE,
             batch_max_wait_ms=settings.BATCH_MAX_WAIT_MS,
             max_batch_seconds=settings.WORKER_MAX_BATCH_SECONDS,
+            check_volume=settings.WORKER_CHECK_VOLUME,
         )
 
 
@@ -115,6 +119,7 @@ class WorkerProcess:
         self._exit_process = exit_process
         self._context: WorkerContext | None = None
         self._manifest_sha256 = ""
+        self._checked_manifest_sha256 = ""  # set once every file matched the manifest
         self._load_seconds = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,8 +158,11 @@ class WorkerProcess:
         volume = ModelVolume.open(version_dir(self.config.model_root, self.config.model_name,
                                               self.config.version))
         self._manifest_sha256 = volume.manifest_sha256
+        check = _VolumeCheck(volume) if self.config.check_volume else None
         runtime = self._load_runtime(volume)
         runtime.load()
+        if check is not None:
+            check.raise_if_failed()  # before warm-up: a tampered volume never computes a job
         self._load_seconds = time.perf_counter() - started
         warm_s = _warm_up(runtime)
         tags = version_tags(volume.version, queue_for(volume.version))
@@ -172,7 +180,9 @@ class WorkerProcess:
                                       claim_lease_seconds=self.config.claim_lease_seconds)
         logger.info("model loaded", extra={
             "model_version": volume.version, "load_s": round(self._load_seconds, 3),
-            "warm_up_s": round(warm_s, 3), "model_bytes": volume.total_bytes})
+            "warm_up_s": round(warm_s, 3), "model_bytes": volume.total_bytes,
+            "volume_checked": check is not None})
+        self._checked_manifest_sha256 = self._manifest_sha256 if check is not None else ""
         return self._context
 
     def start(self) -> None:
@@ -199,7 +209,8 @@ class WorkerProcess:
                 self.client, prefix=self.config.key_prefix, version=ctx.model_version,
                 worker_id=self.worker_id, ttl_seconds=self.config.heartbeat_seconds * 3,
                 info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
-                      "manifest_sha256": self._manifest_sha256},
+                      "manifest_sha256": self._manifest_sha256,
+                      "checked_manifest_sha256": self._checked_manifest_sha256},
             )
             self.jobs.renew(ctx.held(), worker=self.worker_id, lease_seconds=self.config.claim_lease_seconds)
             self._redis_took_beat_at = time.time()
@@ -387,6 +398,29 @@ class WorkerProcess:
             self._context.batcher.stop(timeout=30)
             self._context.runtime.unload()
             self._context = None
+
+
+class _VolumeCheck:
+    """Every file of a volume checked against its manifest on a thread of its own, while the
+    model loads: both read the same files, so the check mostly reads from the page cache the
+    load fills (or fills it for the load), and costs little more than the load alone."""
+
+    def __init__(self, volume: ModelVolume) -> None:
+        self.volume = volume
+        self.problems: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="volume-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.problems = self.volume.verify_checksums()
+        except Exception as exc:  # an unreadable volume is a failed check, never a passed one
+            self.problems = [f"the check failed: {type(exc).__name__}: {exc}"]
+
+    def raise_if_failed(self) -> None:
+        self._thread.join()
+        if self.problems:
+            raise VolumeError(f"{self.volume.path} does not match its manifest: " + "; ".join(self.problems[:5]))
 
 
 def _warm_up(runtime: ModelRuntime) -> float:

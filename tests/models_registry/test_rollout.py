@@ -10,9 +10,10 @@ from models_registry import rollout
 from models_registry.rollout import RolloutRefused
 
 
-def ready(client: redis.Redis, prefix: str, version: str, sha: str = "sha-v", worker: str = "w") -> None:
+def ready(client: redis.Redis, prefix: str, version: str, sha: str = "sha-v", worker: str = "w",
+          checked: bool = True) -> None:
     heartbeat.beat(client, prefix=prefix, version=version, worker_id=f"{worker}-{version}", ttl_seconds=30,
-                   info={"manifest_sha256": sha})
+                   info={"manifest_sha256": sha, "checked_manifest_sha256": sha if checked else ""})
 
 
 def verified(client: redis.Redis, prefix: str, version: str, sha: str = "sha-v") -> None:
@@ -35,7 +36,14 @@ def test_promote_is_refused_for_an_unverified_version(redis_client: redis.Redis,
 def test_promote_is_refused_when_workers_loaded_another_volume(redis_client: redis.Redis, key_prefix: str) -> None:
     verified(redis_client, key_prefix, "2", sha="good")
     ready(redis_client, key_prefix, "2", sha="tampered")
-    with pytest.raises(RolloutRefused, match="differs from the one that passed verification"):
+    with pytest.raises(RolloutRefused, match="whose manifest is the one that passed verification"):
+        rollout.model_version_promote(redis_client, prefix=key_prefix, version="2")
+
+
+def test_promote_is_refused_when_a_worker_did_not_check_its_volume(redis_client: redis.Redis, key_prefix: str) -> None:
+    verified(redis_client, key_prefix, "2")
+    ready(redis_client, key_prefix, "2", checked=False)  # the right manifest, files never checked
+    with pytest.raises(RolloutRefused, match="did not check, at load"):
         rollout.model_version_promote(redis_client, prefix=key_prefix, version="2")
 
 

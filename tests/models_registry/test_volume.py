@@ -82,3 +82,25 @@ def test_remove_volume_deletes_a_read_only_tree(tmp_path: Path) -> None:
     volume = make(tmp_path)
     remove_volume(volume.path)
     assert not volume.path.exists()
+
+
+def test_verify_refuses_a_symlink_and_a_path_outside_the_volume(tmp_path: Path) -> None:
+    from models_registry.build import build_null
+
+    volume = build_null(tmp_path / "models", "s1")
+    directory = volume.path
+    directory.chmod(0o755)
+    readme = directory / "README"
+    readme.chmod(0o644)
+    outside = tmp_path / "elsewhere"
+    outside.write_text(readme.read_text())
+    readme.unlink()
+    readme.symlink_to(outside)  # same bytes, but not the volume's own file
+    problems = ModelVolume.open(directory).verify_checksums()
+    assert any("README: a symlink" in p for p in problems), problems
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"].append({"path": "../elsewhere", "size": outside.stat().st_size, "sha256": "0" * 64})
+    (directory / "manifest.json").chmod(0o644)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    problems = ModelVolume.open(directory).verify_checksums()
+    assert any("../elsewhere: a path outside the volume" in p for p in problems), problems

@@ -21,6 +21,7 @@ from common import heartbeat
 from common.imagestore import LocalImageStore
 from common.queues import TASK_NAME, UNACKED_INDEX_KEY, UNACKED_KEY, queue_for, recognition_send
 from common.rollout import rollout_key
+from common.volume import VolumeError
 from models_registry.build import build_null
 from tests.conftest import queued_tasks
 from workers.process import WorkerConfig, WorkerProcess
@@ -321,3 +322,21 @@ def test_a_job_whose_message_was_taken_by_a_worker_that_died_before_claiming_it_
     finally:
         redis_client.hdel(UNACKED_KEY, tag)
         redis_client.zrem(UNACKED_INDEX_KEY, tag)
+
+
+def test_it_checks_every_file_of_the_volume_while_loading_and_says_so_in_its_heartbeat(
+    process: WorkerProcess, redis_client: redis.Redis, config: WorkerConfig,
+) -> None:
+    process.beat()
+    details = json.loads(redis_client.get(heartbeat.worker_key(config.key_prefix, "host:1")))
+    assert details["checked_manifest_sha256"] == process.context.runtime.volume.manifest_sha256
+
+
+def test_a_tampered_volume_is_never_served(make_process, config: WorkerConfig) -> None:  # type: ignore[no-untyped-def]
+    readme = config.model_root / "reference" / config.version / "README"
+    readme.chmod(0o644)
+    readme.write_text("not what the manifest says\n")
+    with pytest.raises(VolumeError, match="README: (size|sha256)"):
+        make_process(config)
+    unchecked = make_process(replace(config, check_volume=False), "host:2")  # what the check is for
+    assert unchecked.context is not None
