@@ -88,31 +88,13 @@ def model_only(run: Run) -> dict:
     """Part 1: the runtimes' predict, prepare() and the in-process pipeline (bench.model_only)."""
     log("part 1: model only, in-process")
     p = run.p
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.model_only",
-        "--reference",
-        str(REFERENCE),
-        "--backbone",
-        str(run.models / "backbone" / "1"),
-        "--sizes",
-        p["sizes"],
-        "--repeats",
-        str(p["repeats"]),
-        "--min-time",
-        str(p["min_time"]),
-        "--threads",
-        str(p["threads"]),
-        "--max-batch",
-        str(p["batch"]),
-        "--max-wait-ms",
-        str(p["wait_ms"]),
-        "--reference-count",
-        str(p["reference_count"]),
-        "--backbone-count",
-        str(p["backbone_count"]),
-    ]
+    options = {
+        "--reference": REFERENCE, "--backbone": run.models / "backbone" / "1", "--sizes": p["sizes"],
+        "--repeats": p["repeats"], "--min-time": p["min_time"], "--threads": p["threads"],
+        "--max-batch": p["batch"], "--max-wait-ms": p["wait_ms"], "--reference-count": p["reference_count"],
+        "--backbone-count": p["backbone_count"],
+    }
+    argv = [sys.executable, "-m", "bench.model_only", *(str(x) for pair in options.items() for x in pair)]
     for image in run.images:
         argv += ["--image", str(image)]
     return run_json(argv, env={"TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -72,9 +72,7 @@ def table(rows: list[list[str]]) -> str:
         if len(r) == 1:  # a section line
             out.append(r[0])
             continue
-        out.append(
-            "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-        )
+        out.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
         if r is header:
             out.append("-" * (sum(widths) + 2 * len(widths) + 5))
     return "\n".join(out)
@@ -126,9 +124,7 @@ def model_only_rows(mo: dict, p: dict) -> list[list[str]]:
             "the most the full model does here",
         ),
         *backbone_predict_rows(mo),
-        one_at_a_time_row(
-            "backbone-only, decode+crop+predict, 1 at a time", mo["backbone_one_at_a_time"]
-        ),
+        one_at_a_time_row("backbone-only, decode+crop+predict, 1 at a time", mo["backbone_one_at_a_time"]),
         pipeline_row(
             f"backbone-only in-process pipeline ({p['threads']} thr, Batcher {p['batch']})",
             mo["backbone_pipeline"],
@@ -214,10 +210,7 @@ def model_only_derived(mo: dict) -> dict[str, float]:
 
 def backbone_predict_rates(mo: dict) -> dict[str, float]:
     """The backbone's median predict rate (img/s) by batch size."""
-    return {
-        size: spread(r["img_per_s"] for r in runs)["median"]
-        for size, runs in mo["backbone_predict"].items()
-    }
+    return {size: spread(r["img_per_s"] for r in runs)["median"] for size, runs in mo["backbone_predict"].items()}
 
 
 # --- (2) end to end ------------------------------------------------------------------------
@@ -237,9 +230,7 @@ def reference_e2e_rows(e2e: dict, derived: dict) -> list[list[str]]:
     return rows
 
 
-def backbone_e2e_rows(
-    bb: dict, model_rate: dict[str, float], derived: dict, p: dict
-) -> list[list[str]]:
+def backbone_e2e_rows(bb: dict, model_rate: dict[str, float], derived: dict, p: dict) -> list[list[str]]:
     rows = [["(2) end to end, backbone-only model (runs interleaved with those of parts 3 and 5)"]]
     for c, agg in bb.items():
         note = ""
@@ -272,49 +263,52 @@ def end_to_end_targets(results: dict, model_rate: dict[str, float], p: dict) -> 
     return targets
 
 
+def target_row(figure: str, target: str, measured: str, met: bool) -> dict:
+    """One line of the targets table."""
+    return {"figure": figure, "target": target, "measured": measured, "met": met}
+
+
 def throughput_target(bb: dict, model_rate: dict[str, float], p: dict) -> dict:
     top = max(bb.values(), key=lambda a: a["throughput"]["median"])
     ratio = top["throughput"]["median"] / model_rate[str(p["batch"])]
-    return {
-        "figure": "e2e throughput / model-only throughput",
-        "target": ">= 0.85",
-        "measured": f"{ratio:.2f} (backbone-only, c={top['concurrency']}, vs predict@{p['batch']})",
-        "met": ratio >= 0.85,
-    }
+    return target_row(
+        "e2e throughput / model-only throughput",
+        ">= 0.85",
+        f"{ratio:.2f} (backbone-only, c={top['concurrency']}, vs predict@{p['batch']})",
+        ratio >= 0.85,
+    )
 
 
 def reference_throughput_target(results: dict) -> dict:
     rtop = max(results["reference_e2e"].values(), key=lambda a: a["throughput"]["median"])
     r2 = rtop["throughput"]["median"] / results["derived"]["reference_pipeline"]
-    return {
-        "figure": "  same, full reference model (vs in-process pipeline)",
-        "target": ">= 0.85",
-        "measured": f"{r2:.2f} (c={rtop['concurrency']})",
-        "met": r2 >= 0.85,
-    }
+    return target_row(
+        "  same, full reference model (vs in-process pipeline)",
+        ">= 0.85",
+        f"{r2:.2f} (c={rtop['concurrency']})",
+        r2 >= 0.85,
+    )
 
 
 def added_latency_target(results: dict) -> dict:
     one = results["backbone_e2e"]["1"]["p50"]["median"]
     predict1 = median(r["latency_ms"] for r in results["model_only"]["backbone_predict"]["1"])
     added = one - predict1
-    return {
-        "figure": "added latency at one client (e2e p50 - model-only p50)",
-        "target": "<= 5 ms",
-        "measured": f"{added:.1f} ms (backbone-only; "
+    return target_row(
+        "added latency at one client (e2e p50 - model-only p50)",
+        "<= 5 ms",
+        f"{added:.1f} ms (backbone-only; "
         f"{one - results['derived']['backbone_one_p50']:.1f} ms "
         "over in-process decode+crop+predict)",
-        "met": added <= 5,
-    }
+        added <= 5,
+    )
 
 
 # --- (3) batching on vs off ----------------------------------------------------------------
 
 
 def batching_rows(off: dict, bb: dict) -> list[list[str]]:
-    rows = [
-        ["(3) batching on (BATCH_MAX_SIZE=16) vs off (=1), backbone-only, worker threads 32 both"]
-    ]
+    rows = [["(3) batching on (BATCH_MAX_SIZE=16) vs off (=1), backbone-only, worker threads 32 both"]]
     for c, agg in off.items():
         on = bb.get(c)
         note = ""
@@ -339,13 +333,12 @@ def batching_targets(off: dict, bb: dict) -> list[dict]:
     c = max(compared, key=lambda c: _gain(bb[c], off[c]))
     gain, p95_on, p95_off = _gain(bb[c], off[c]), bb[c]["p95"]["median"], off[c]["p95"]["median"]
     return [
-        {
-            "figure": "dynamic batching gain on this CPU",
-            "target": ">= 2x at equal p95",
-            "measured": f"x{gain:.2f} throughput at c={c} "
-            f"(p95 {p95_on:.0f} ms on vs {p95_off:.0f} ms off)",
-            "met": gain >= 2 and p95_on <= p95_off,
-        }
+        target_row(
+            "dynamic batching gain on this CPU",
+            ">= 2x at equal p95",
+            f"x{gain:.2f} throughput at c={c} (p95 {p95_on:.0f} ms on vs {p95_off:.0f} ms off)",
+            gain >= 2 and p95_on <= p95_off,
+        )
     ]
 
 
@@ -362,12 +355,7 @@ def null_rows(null: dict) -> list[list[str]]:
 
 
 def peer_rows(pr: dict, bb: dict | None) -> list[list[str]]:
-    rows = [
-        [
-            "(5) peer: BentoML 1.4.40, adaptive batching (max 16), same backbone, "
-            "same photos, same client"
-        ]
-    ]
+    rows = [["(5) peer: BentoML 1.4.40, adaptive batching (max 16), same backbone, same photos, same client"]]
     for c, agg in pr.items():
         note = ""
         ours = (bb or {}).get(c)
@@ -434,10 +422,7 @@ def huge_rows(hg: dict) -> list[list[str]]:
     warm_way, warm_read = huge.read("warm_read")
     ways = len(huge.runs[0]["cold_read"]["all"])
     rows = [
-        [
-            f"(6) huge model volume: {huge.gb:.2f} GB ({huge.catalog_items} catalog items); "
-            "load in a fresh process"
-        ],
+        [f"(6) huge model volume: {huge.gb:.2f} GB ({huge.catalog_items} catalog items); load in a fresh process"],
         _huge_row(
             "raw read of the files, cold (fadvise DONTNEED)",
             f"{huge.gb / cold_read['median']:.2f} GB/s",
@@ -496,19 +481,18 @@ def huge_targets(hg: dict) -> list[dict]:
     cold_ratio, warm_ratio = huge.ratio("cold"), huge.ratio("warm")
     hwm, model_bytes = huge.hwm, huge.model_bytes
     return [
-        {
-            "figure": f"load time of a {huge.gb:.1f} GB model / raw read time",
-            "target": "<= 1.2",
-            "measured": f"cold x{cold_ratio:.2f}, warm x{warm_ratio:.2f}",
-            "met": cold_ratio <= 1.2,
-        },
-        {
-            "figure": "worker peak RSS / model bytes",
-            "target": "<= 1.1",
-            "measured": f"x{hwm / model_bytes:.2f} in all; "
-            f"x{(hwm - huge.before) / model_bytes:.3f} for the model itself",
-            "met": hwm / model_bytes <= 1.1,
-        },
+        target_row(
+            f"load time of a {huge.gb:.1f} GB model / raw read time",
+            "<= 1.2",
+            f"cold x{cold_ratio:.2f}, warm x{warm_ratio:.2f}",
+            cold_ratio <= 1.2,
+        ),
+        target_row(
+            "worker peak RSS / model bytes",
+            "<= 1.1",
+            f"x{hwm / model_bytes:.2f} in all; x{(hwm - huge.before) / model_bytes:.3f} for the model itself",
+            hwm / model_bytes <= 1.1,
+        ),
     ]
 
 
