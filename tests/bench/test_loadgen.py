@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -19,7 +20,13 @@ PHOTOS = [("a.jpg", b"\xff\xd8first photo\xff\xd9"), ("b.jpg", b"\xff\xd8second\
 
 class _Handler(BaseHTTPRequestHandler):
     received: list[tuple[str, str, bytes]] = []
-    connections: set[int] = set()
+    connections: set[str] = set()
+
+    def setup(self) -> None:
+        # One handler per connection. Not the client's port: the OS may hand a closed
+        # connection's port to the next one within the same test.
+        super().setup()
+        self.connection_id = uuid.uuid4().hex
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -27,7 +34,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
         part = next(iter(message.iter_parts()))
         self.received.append((self.path, part.get_filename(), part.get_payload(decode=True)))
-        self.connections.add(self.client_address[1])
+        self.connections.add(self.connection_id)
         answer = json.dumps({"status": "succeeded", "timings_ms": {"inference": 2.0}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
