@@ -27,10 +27,6 @@ class Outcome:
     answers: dict[str, int]
     p99_completion_s: float
 
-    def row(self) -> dict[str, object]:
-        return {"accepted": self.accepted, "lost": self.lost, "failed": self.failed,
-                "p99_completion_s": round(self.p99_completion_s, 2)}
-
 
 @dataclass
 class Load:
