@@ -122,12 +122,10 @@ return 1
 """
 
 # Marks a queued job as rescued from the message ``ARGV[1]`` (taken by a worker that never
-# claimed it), once: the caller sends it again only when this returns 1.
+# claimed it), once per message: the caller sends it again only when this returns 1.
 _RESCUE = """
-local fields = redis.call('HMGET', KEYS[1], 'status', 'rescued')
-if fields[1] ~= 'queued' or fields[2] == ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'rescued', ARGV[1])
-return 1
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+return redis.call('HSETNX', KEYS[1], 'rescued:' .. ARGV[1], '1')
 """
 
 _FINISH = """
@@ -299,10 +297,21 @@ class JobStore:
         return bool(self._release(keys=[self.job_key(job_id), self.pending_key],
                                   args=[worker, until, job_id, reason]))
 
-    def rescue(self, job_id: str, *, delivery_tag: str) -> bool:
-        """Whether the job is still queued although the message ``delivery_tag`` was taken for
-        it long ago (its worker died before claiming it); true once per message."""
-        return bool(self._rescue(keys=[self.job_key(job_id)], args=[delivery_tag]))
+    def rescue_many(self, taken: list[tuple[str, str]]) -> list[bool]:
+        """For each (job id, delivery tag) of a message taken long ago: whether the job is still
+        queued (its worker died before claiming it); true once per message. One round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, tag in taken:
+            self._rescue(keys=[self.job_key(job_id)], args=[tag], client=pipe)
+        return [bool(x) for x in pipe.execute()]
+
+    def unrescue(self, job_id: str, *, delivery_tag: str) -> None:
+        """Undo ``rescue_many``'s mark when sending the job again failed: the next round retries."""
+        self.client.hdel(self.job_key(job_id), f"rescued:{delivery_tag}")
+
+    def retry_soon(self, job_id: str) -> None:
+        """Make an unfinished job overdue now (sending it again failed): the next reap retries."""
+        self.client.zadd(self.pending_key, {job_id: time.time()}, xx=True)
 
     def reap(self, *, limit: int = 100) -> list[tuple[str, str, str]]:
         """Overdue unfinished jobs as (job id, model version, request id), each given a new deadline."""

@@ -57,17 +57,23 @@ def message_task(raw: bytes | str) -> tuple[str, dict[str, Any]]:
     return message["headers"]["task"], kwargs
 
 
-def taken_before(client: redis.Redis, cutoff: float, *, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+def taken_before(client: redis.Redis, cutoff: float, *, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
     """(delivery tag, kwargs) of recognition messages that a worker took before ``cutoff`` (epoch
-    seconds) and has not acknowledged yet."""
+    seconds) and has not acknowledged yet, oldest first, at most ``limit``; two round trips.
+    A message that cannot be read is skipped (it is not ours to judge)."""
+    tags = client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", cutoff, start=0, num=limit)
+    if not tags:
+        return []
     out = []
-    for tag in client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", cutoff, start=0, num=limit):
-        raw = client.hget(UNACKED_KEY, tag)
+    for tag, raw in zip(tags, client.hmget(UNACKED_KEY, tags), strict=True):
         if raw is None:
             continue  # acknowledged meanwhile
-        message, _exchange, _routing_key = json.loads(raw)
-        task, kwargs = message_task(json.dumps(message))
-        if task == TASK_NAME:
+        try:
+            message, _exchange, _routing_key = json.loads(raw)
+            task, kwargs = message_task(json.dumps(message))
+        except (ValueError, TypeError, KeyError):
+            continue
+        if task == TASK_NAME and isinstance(kwargs, dict):
             out.append((tag.decode() if isinstance(tag, bytes) else tag, kwargs))
     return out
 

@@ -32,6 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ class WorkerProcess:
         self._checked_manifest_sha256 = ""  # set once every file matched the manifest
         self._load_seconds = 0.0
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._last_reap = self._last_sweep = float("-inf")
         self._redis_took_beat_at = 0.0
 
@@ -186,11 +187,14 @@ class WorkerProcess:
         return self._context
 
     def start(self) -> None:
-        """Report ready now, then keep house on a thread of its own until ``withdraw``."""
+        """Report ready now, then keep house until ``withdraw``, on two threads of its own: the
+        heartbeat (which renews the claims, so nothing slow may delay it) and the chores."""
         self._stop.clear()
         self._run_step("heartbeat", self.beat)  # Redis may be away now: the thread tries again
-        self._thread = threading.Thread(target=self._housekeeping, name="heartbeat", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, args=(tick,), name=name, daemon=True)
+                         for name, tick in (("heartbeat", self.tick_heartbeat), ("chores", self.tick_chores))]
+        for thread in self._threads:
+            thread.start()
         logger.info("worker ready", extra={"model_version": self.context.model_version})
 
     # --- housekeeping steps -------------------------------------------------------------
@@ -236,27 +240,43 @@ class WorkerProcess:
         if not self.client.set(lock, self.worker_id, nx=True,
                                px=int(self.config.reaper_interval_seconds * 1000)):
             return 0
-        overdue = self.jobs.reap()
-        for job_id, version, request_id in overdue:
-            queue = self._send_again(job_id, version, request_id or None)
+        sent = 0
+        for job_id, version, request_id in self.jobs.reap():
+            try:
+                queue = self._send_again(job_id, version, request_id or None)
+            except Exception as exc:  # the reap gave it a new deadline: bring it back to now
+                logger.warning("could not send an overdue job again: %s", exc, extra={"job_id": job_id})
+                with suppress(Exception):
+                    self.jobs.retry_soon(job_id)
+                continue
             logger.warning("overdue job sent again", extra={"job_id": job_id, "queue": queue})
-        return len(overdue) + self._rescue_taken_unclaimed()
+            sent += 1
+        return sent + self._rescue_taken_unclaimed()
 
     def _rescue_taken_unclaimed(self) -> int:
         """Send again the queued jobs whose message a worker took a claim lease ago without
         claiming the job: that worker died between taking the message and starting the task
         (a live one claims at once: it takes no more messages than it has free threads). The
         message itself comes back only with the visibility timeout, and is dropped then."""
+        taken = [(str(kwargs.get("job_id", "")), tag, kwargs.get("request_id"))
+                 for tag, kwargs in taken_before(self.client, time.time() - self.config.claim_lease_seconds)]
+        taken = [entry for entry in taken if entry[0]]
         rescued = 0
-        for tag, kwargs in taken_before(self.client, time.time() - self.config.claim_lease_seconds):
-            job_id = str(kwargs.get("job_id", ""))
-            if job_id and self.jobs.rescue(job_id, delivery_tag=tag):
+        marks = self.jobs.rescue_many([(job_id, tag) for job_id, tag, _ in taken])
+        for (job_id, tag, request_id), marked in zip(taken, marks, strict=True):
+            if not marked:
+                continue
+            try:
                 record = self.jobs.get(job_id) or {}
-                queue = self._send_again(job_id, record.get("model_version", self.config.version),
-                                         kwargs.get("request_id"))
-                logger.warning("job of a message taken and never started sent again",
-                               extra={"job_id": job_id, "queue": queue})
-                rescued += 1
+                queue = self._send_again(job_id, record.get("model_version", self.config.version), request_id)
+            except Exception as exc:
+                logger.warning("could not send a job again: %s", exc, extra={"job_id": job_id})
+                with suppress(Exception):
+                    self.jobs.unrescue(job_id, delivery_tag=tag)
+                continue
+            logger.warning("job of a message taken and never started sent again",
+                           extra={"job_id": job_id, "queue": queue})
+            rescued += 1
         return rescued
 
     def resend(self) -> int:
@@ -312,20 +332,30 @@ class WorkerProcess:
             return True
         logger.critical("a batch has been in the model for %.0f s (limit %.0f s): the worker exits",
                         stuck, self.config.max_batch_seconds)
-        self.withdraw()
-        self._exit_process(4)
+        try:
+            self.withdraw()
+        finally:
+            self._exit_process(4)
         return False
 
     def tick(self, now: float | None = None) -> None:
-        """One round of housekeeping: beat, and reap and sweep when they are due.
+        """One round of housekeeping, as the two threads do it (for the tests)."""
+        self.tick_heartbeat()
+        self.tick_chores(now)
+
+    def tick_heartbeat(self) -> None:
+        """The model is not hung, and the heartbeat (with the claims' renewal) is renewed."""
+        if self.check_inference():
+            self._run_step("heartbeat", self.beat)
+
+    def tick_chores(self, now: float | None = None) -> None:
+        """Resend; reap and sweep when they are due.
 
         A failing step is logged and retried next round: with Redis away the heartbeat's
         TTL tells readers, and the process (with its loaded model) stays up.
         """
         now = time.monotonic() if now is None else now
-        if not self.check_inference():
-            return
-        steps: list[tuple[str, Callable[[], object]]] = [("heartbeat", self.beat), ("resending jobs", self.resend)]
+        steps: list[tuple[str, Callable[[], object]]] = [("resending jobs", self.resend)]
         if now - self._last_reap >= self.config.reaper_interval_seconds:
             self._last_reap = now
             steps.append(("reaping overdue jobs", self.reap))
@@ -342,9 +372,9 @@ class WorkerProcess:
         except Exception as exc:
             logger.warning("%s failed: %s", what, exc)
 
-    def _housekeeping(self) -> None:
+    def _loop(self, tick: Callable[[], None]) -> None:
         while not self._stop.wait(self.config.heartbeat_seconds):
-            self.tick()
+            tick()
 
     # --- shutdown -----------------------------------------------------------------------
 

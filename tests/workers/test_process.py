@@ -112,9 +112,10 @@ def test_the_housekeeping_thread_beats_until_withdrawn(process: WorkerProcess, c
         assert time.monotonic() < deadline, "the housekeeping thread did not beat again"
         time.sleep(0.1)
     process.withdraw()
-    assert process._thread is not None
-    process._thread.join(5)
-    assert not process._thread.is_alive()
+    assert len(process._threads) == 2
+    for thread in process._threads:
+        thread.join(5)
+        assert not thread.is_alive()
 
 
 def test_it_sends_an_overdue_job_again_to_its_own_versions_queue(
@@ -340,3 +341,32 @@ def test_a_tampered_volume_is_never_served(make_process, config: WorkerConfig) -
         make_process(config)
     unchecked = make_process(replace(config, check_volume=False), "host:2")  # what the check is for
     assert unchecked.context is not None
+
+
+def test_a_rescue_that_could_not_send_is_tried_again_and_an_unreadable_message_is_skipped(
+    make_process, redis_client: redis.Redis, sender: Celery, version: str, config: WorkerConfig,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    process = make_process(replace(config, job_lease_seconds=60))
+    job_id = process.jobs.new_id()
+    process.jobs.create(job_id=job_id, fields={}, default_version=version, max_queue_depth=0, canary_draw=0.5)
+    recognition_send(sender, job_id=job_id, request_id=None, queue=queue_for(version))
+    raw = redis_client.rpop(queue_for(version))
+    tag, junk = f"tag-{uuid.uuid4().hex}", f"junk-{uuid.uuid4().hex}"
+    old = time.time() - config.claim_lease_seconds - 1
+    redis_client.hset(UNACKED_KEY, mapping={tag: json.dumps([json.loads(raw), "", queue_for(version)]),
+                                            junk: "not a kombu message"})
+    redis_client.zadd(UNACKED_INDEX_KEY, {junk: old - 1, tag: old})
+    try:
+        def broker_away(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise ConnectionError("broker away")
+
+        monkeypatch.setattr(process, "_send_again", broker_away)
+        assert process.reap() == 0
+        monkeypatch.undo()
+        redis_client.delete(f"{config.key_prefix}reaper")
+        assert process.reap() == 1, "the failed rescue was not tried again"
+        assert [kwargs["job_id"] for _, kwargs in queued_tasks(redis_client, queue_for(version))] == [job_id]
+    finally:
+        redis_client.hdel(UNACKED_KEY, tag, junk)
+        redis_client.zrem(UNACKED_INDEX_KEY, tag, junk)
