@@ -99,6 +99,11 @@ class ServiceUnavailable(RecognitionError):
     default_message = "The recognition service is temporarily unavailable; retry shortly."
 
 
+class NotReplicated(ServiceUnavailable):
+    code = "not_replicated"
+    default_message = "The job could not be stored on enough Redis replicas in time; retry shortly."
+
+
 class NoActiveModel(ServiceUnavailable):
     code = "no_active_model"
     default_message = "No model version is active; an operator must promote one."

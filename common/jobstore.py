@@ -235,6 +235,19 @@ class JobStore:
             return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
         return Routed("no_model")
 
+    def replicate(self, job_id: str, *, replicas: int, timeout_ms: int) -> int:
+        """Wait up to ``timeout_ms`` until ``replicas`` replicas of the primary hold everything
+        written so far for ``job_id``; return how many do.
+
+        Redis ``WAIT`` counts the replicas that hold this connection's last write, and the job's
+        message went through another connection (the Celery producer's); so this first writes
+        ``enqueued_at`` to the record, which the primary's replication stream carries after the
+        message: a replica that has it has both."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.job_key(job_id), "enqueued_at", repr(time.time()))
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        return int(pipe.execute()[-1])
+
     def delete(self, job_id: str) -> None:
         self.client.delete(self.job_key(job_id))
 

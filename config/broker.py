@@ -14,6 +14,9 @@ Here such a channel raises a connection error instead, which every one of those 
 handles (logged; the consumer reconnects on a new connection). Nothing is lost by it: the
 messages stay in Redis's ``unacked`` hash until the visibility timeout brings them back, and
 their jobs are sent again sooner by the worker (``WorkerProcess.resend``) or by the reaper.
+
+The same holds for kombu's Sentinel transport (``SentinelTransport``, chosen by
+``config.settings`` when ``REDIS_URL`` names sentinels).
 """
 
 from __future__ import annotations
@@ -28,15 +31,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from common.env import env_float
 
 
-class Channel(kombu_redis.Channel):
+class _SurvivingChannel(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:
             raise RedisConnectionError("this channel's broker connection was closed after a failure")
         return super()._connparams(asynchronous=asynchronous)
 
 
+class Channel(_SurvivingChannel):
+    pass
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+# The Sentinel channel builds its pool through ``_connparams`` too (then asks a sentinel for
+# the primary), so the same guard covers a channel left behind by a failover.
+class SentinelChannel(_SurvivingChannel, kombu_redis.SentinelChannel):
+    pass
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
 
 
 # Celery's consumer reconnects through ``Connection.ensure_connection`` with kombu's default

@@ -20,6 +20,7 @@ from common.env import (
     env_str,
 )
 from common.queues import queue_for
+from common.redisconn import RedisTarget
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("RECOGNITION_VAR_DIR", str(BASE_DIR / "var")))
@@ -54,7 +55,16 @@ APPEND_SLASH = False
 # One Redis holds the job records AND the Celery queues: job creation checks a queue's
 # depth atomically with routing the job, and the workers move messages between queues,
 # so the broker cannot be another Redis (see common/queues.py).
+# redis://, or redis+sentinel://SENTINEL[,SENTINEL...]/MASTER_NAME[/DB] to follow failovers
+# (common/redisconn.py; Celery's sentinel:// form takes the name from REDIS_SENTINEL_MASTER).
 REDIS_URL = env_secret("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "")
+_redis = RedisTarget.parse(REDIS_URL, master_name=REDIS_SENTINEL_MASTER)  # a bad URL stops here
+# Redis replicates asynchronously: a job acknowledged to its client can be lost if the primary
+# fails before a replica has it. With N > 0 the API answers 202/200 only once N replicas hold the
+# job and its message (Redis WAIT, at most REDIS_WAIT_TIMEOUT_MS), else 503 + Retry-After.
+REDIS_WAIT_REPLICAS = env_int("REDIS_WAIT_REPLICAS", 0, minimum=0)
+REDIS_WAIT_TIMEOUT_MS = env_int("REDIS_WAIT_TIMEOUT_MS", 500, minimum=1)
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "recog:")
 # Redis calls from request handlers fail fast rather than hang a client.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 5.0, minimum=0.1)
@@ -105,13 +115,13 @@ WORKER_CHECK_VOLUME = env_bool("WORKER_CHECK_VOLUME", True)
 
 # --- Celery (read by config.celery_app with namespace="CELERY") -------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
-CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", REDIS_URL)
-if CELERY_BROKER_URL != REDIS_URL:
+if env_secret("CELERY_BROKER_URL", REDIS_URL) != REDIS_URL:
     raise ConfigurationError(
         "CELERY_BROKER_URL must equal REDIS_URL (or be unset): the queues live in the Redis "
         "database of the job records, which admits and routes each job atomically with "
         "checking its queue's depth"
     )
+CELERY_BROKER_URL = _redis.broker_url  # the same Redis, as kombu names it
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle
@@ -146,11 +156,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_mutex_expire": env_int("BROKER_RESTORE_LOCK_SECONDS", 30, minimum=1),
     "socket_timeout": REDIS_SOCKET_TIMEOUT,
     "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+    **_redis.broker_transport_options,  # Sentinel: the master's name
 }
 # The queue a worker consumes (scripts/start-worker passes no --queues).
 CELERY_TASK_DEFAULT_QUEUE = queue_for(WORKER_MODEL_VERSION)
 # kombu's Redis transport, made to survive a connection lost under a worker (config/broker.py).
-CELERY_BROKER_TRANSPORT = "config.broker:Transport"
+CELERY_BROKER_TRANSPORT = "config.broker:SentinelTransport" if _redis.uses_sentinel else "config.broker:Transport"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 

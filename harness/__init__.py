@@ -3,7 +3,7 @@ a free loopback port with its own environment, so that neither the tests nor the
 the machine's own Redis or each other. The tests and the benchmark both start their stacks here.
 """
 
-from harness.processes import ROOT, Process, free_port, spawn, start_redis, wait_until
+from harness.processes import ROOT, Process, free_port, spawn, start_redis, start_sentinel, wait_until
 from harness.stack import Stack, stack_env
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "spawn",
     "stack_env",
     "start_redis",
+    "start_sentinel",
     "wait_until",
 ]

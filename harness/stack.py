@@ -54,11 +54,9 @@ class Stack:
 
     def wait_worker_ready(self, process: Process, version: str, timeout: float = 180) -> None:
         """Until this worker process (by pid: the start script execs Celery) heartbeats as ready."""
-        import redis
-
         from common.heartbeat import ready_workers
 
-        client = redis.Redis.from_url(self.redis_url)
+        client = self.redis()
         prefix = self.env["REDIS_KEY_PREFIX"]
         suffix = f":{process.popen.pid}"
         deadline = time.monotonic() + timeout
@@ -71,6 +69,12 @@ class Stack:
                 raise TimeoutError(f"{process.name} not ready:\n{process.output()[-4000:]}")
             time.sleep(0.2)
         client.close()
+
+    def redis(self, **kwargs):  # type: ignore[no-untyped-def]
+        """A client of the stack's Redis (of its primary, when ``redis_url`` names sentinels)."""
+        from common.redisconn import RedisTarget
+
+        return RedisTarget.parse(self.redis_url).client(**kwargs)
 
     def client(self, **kwargs) -> httpx.Client:  # type: ignore[no-untyped-def]
         return httpx.Client(

@@ -142,11 +142,11 @@ def list_(name: str, root: str | None) -> None:
 
 
 def _redis():  # type: ignore[no-untyped-def]
-    import redis
+    from common.redisconn import RedisTarget
 
     settings = _settings()
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT)
+    return RedisTarget.from_settings(settings).client(socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                                                      socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT)
 
 
 def _rollout_call(function, **kwargs):  # type: ignore[no-untyped-def]

@@ -18,12 +18,13 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from common.errors import JobNotFound, NoActiveModel, QueueFull, ServiceUnavailable
+from common.errors import JobNotFound, NoActiveModel, NotReplicated, QueueFull, ServiceUnavailable
 from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
 from common.jobstore import TERMINAL, JobStore
 from common.queues import recognition_send
+from common.redisconn import RedisTarget
 from common.rollout import rollout_state
 from common.waiting import FinishListener
 
@@ -31,8 +32,7 @@ logger = logging.getLogger(__name__)
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.REDIS_URL,
+    return RedisTarget.from_settings(settings).client(
         socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
         health_check_interval=30,
@@ -149,6 +149,8 @@ def _job_enqueue(
             store.delete(job_id)
             logger.warning("enqueue failed: %s", exc)
             raise ServiceUnavailable("The job queue is unavailable; retry shortly.") from exc
+        if settings.REDIS_WAIT_REPLICAS:
+            _job_replicate(store=store, job_id=job_id)
     except BaseException:
         _forget_image(job_id)
         raise
@@ -156,6 +158,18 @@ def _job_enqueue(
         "job queued",
         extra={"job_id": job_id, "model_version": routed.version, "client": client_name},
     )
+
+
+def _job_replicate(*, store: JobStore, job_id: str) -> None:
+    """Answer for the job only once REDIS_WAIT_REPLICAS replicas hold it (a failover then keeps it)."""
+    wanted = settings.REDIS_WAIT_REPLICAS
+    held = store.replicate(job_id, replicas=wanted, timeout_ms=settings.REDIS_WAIT_TIMEOUT_MS)
+    if held < wanted:
+        # Not acknowledged, so not promised: the client retries. Its message, already queued,
+        # finds no record and is dropped by the worker.
+        store.delete(job_id)
+        logger.warning("job not replicated", extra={"job_id": job_id, "replicas": held, "wanted": wanted})
+        raise NotReplicated(f"The job reached {held} of {wanted} Redis replicas in time; retry shortly.")
 
 
 def _forget_image(job_id: str) -> None:

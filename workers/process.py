@@ -45,6 +45,7 @@ from common.imagestore import ImageStore, image_store_from_url
 from common.jobstore import JobStore
 from common.metrics import statsd, version_tags
 from common.queues import TaskSender, queue_depth, queue_for, recognition_send, taken_before
+from common.redisconn import RedisTarget
 from common.rollout import rollout_state
 from common.volume import ModelVolume, VolumeError, version_dir
 from workers.batching import Batcher
@@ -132,8 +133,7 @@ class WorkerProcess:
         """The production wiring: clients from ``config.settings``; connects on first use."""
         from config.celery_app import app
 
-        client = redis.Redis.from_url(
-            settings.REDIS_URL,
+        client = RedisTarget.from_settings(settings).client(
             socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
             health_check_interval=30,

@@ -81,6 +81,19 @@ def test_a_failed_enqueue_answers_503_and_removes_the_job_and_the_photo(
     assert not api.redis.keys(f"{api.prefix}job:*")
 
 
+def test_a_job_no_replica_acknowledged_answers_503_and_is_withdrawn(api: Api, settings) -> None:  # type: ignore[no-untyped-def]
+    # The tests' Redis has no replica: WAIT answers 0 when its time is up.
+    settings.REDIS_WAIT_REPLICAS = 1
+    settings.REDIS_WAIT_TIMEOUT_MS = 20
+    response = post(api)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_replicated"
+    assert "0 of 1 Redis replicas" in response.json()["error"]["message"]
+    assert int(response["Retry-After"]) >= 1
+    assert api.stored_images() == []
+    assert not api.redis.keys(f"{api.prefix}job:*")
+
+
 def test_a_job_is_read_back_with_its_result(api: Api) -> None:
     job_id = post(api).json()["id"]
     field = {"value": "red", "confidence": 0.9, "alternatives": []}
