@@ -115,6 +115,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
     tmp = tmp_path_factory.mktemp("cluster")
     redis_process, redis_url = start_redis(tmp)
+    # A replica, as k8s/redis.yaml has: the API acknowledges a job once one holds it (config.yaml).
+    replica_process, _ = start_redis(tmp / "replica", replica_of=int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     port = free_port()
     moto = spawn("moto", [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                  {**os.environ, **AWS}, tmp / "logs")
@@ -128,6 +130,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(tmp, redis_url, s3_url, api_bin, Path(sys.executable).parent, key, secrets)
     finally:
         moto.stop()
+        replica_process.kill()
         redis_process.kill()
 
 

@@ -350,9 +350,19 @@ def test_configmaps_that_jobs_read_by_name_are_not_versioned_by_spinnaker() -> N
             assert doc["metadata"]["annotations"]["strategy.spinnaker.io/versioned"] == "false"
 
 
-def test_redis_keeps_queued_jobs_across_restarts_and_never_evicts_them() -> None:
+def test_redis_runs_behind_sentinels_that_the_clients_url_names() -> None:
+    from common.redisconn import RedisTarget
+
     redis = find("StatefulSet", "redis")
-    args = container(redis, "redis")["args"]
-    assert args[args.index("--appendonly") + 1] == "yes"
-    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    env = {e["name"]: e.get("value") for e in container(redis, "redis")["env"]}
+    assert redis["spec"]["replicas"] == 3 and int(env["SENTINEL_QUORUM"]) == 2
+    assert {c["name"] for c in containers(redis)} == {"redis", "sentinel"}
     assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    url = find("Secret", "recognition-secrets")["stringData"]["redis-url"]
+    target = RedisTarget.parse(url)
+    pods = {f"redis-{i}.redis.{NAMESPACE}.svc.cluster.local" for i in range(redis["spec"]["replicas"])}
+    assert {host for host, _ in target.sentinels} == pods
+    assert target.master_name == env["MASTER_NAME"]
+    assert {f"{host}:{port}" for host, port in target.sentinels} == set(env["SENTINELS"].split())
+    # A replica holds every job the API acknowledges.
+    assert int(find("ConfigMap", "recognition-config")["data"]["REDIS_WAIT_REPLICAS"]) >= 1
