@@ -5,7 +5,7 @@
 Builds (once, under --root) a huge volume of the given size, then loads it in fresh processes with
 the page cache dropped, alternating without and with the check (``workers.process._VolumeCheck``:
 every file's block hashes on all cores, beside the load), and prints the median time until the
-worker could report ready (load, the check's verdict, warm-up), and the ratio.
+worker could report ready (load and warm-up, then the check's verdict), and the ratio.
 """
 
 from __future__ import annotations
@@ -31,20 +31,19 @@ def child(volume_path: Path, check: bool) -> None:
 
     volume = ModelVolume.open(volume_path)
     started = time.perf_counter()
-    # What WorkerProcess.load does before the worker reports ready: the check beside the load,
-    # its verdict before the warm-up (a tampered volume never computes), then the warm-up, which
-    # touches the lazily mapped weights (from the page cache when the check has read them).
+    # What WorkerProcess.load does before the worker reports ready: the check beside the load and
+    # the warm-up (which touches the lazily mapped weights), then the check's verdict.
     volume_check = _VolumeCheck(volume) if check else None
     runtime = HugeRuntime(volume)
     runtime.load()
     loaded = time.perf_counter()
+    _warm_up(runtime)
+    warmed = time.perf_counter()
     if volume_check is not None:
         volume_check.raise_if_failed()
-    checked = time.perf_counter()
-    _warm_up(runtime)
     ready = time.perf_counter()
-    print(json.dumps({"ready_s": ready - started, "load_s": loaded - started, "wait_check_s": checked - loaded,
-                      "warm_up_s": ready - checked}))
+    print(json.dumps({"ready_s": ready - started, "load_s": loaded - started, "warm_up_s": warmed - loaded,
+                      "wait_check_s": ready - warmed}))
 
 
 def measure(volume_path: Path, check: bool) -> dict[str, float]:
@@ -76,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         for check in (False, True) if run % 2 == 0 else (True, False):
             runs[check].append(measure(volume_path, check))
     print(f"cold load of a {args.size_gb:g} GB volume until ready, median of {args.runs} (min-max);"
-          " its parts (medians): load, waiting for the check after it, warm-up")
+          " its parts (medians): load, warm-up, waiting for the check after them")
     ready = {}
     for check, label in ((False, "without the check"), (True, "with the check")):
         times = [r["ready_s"] for r in runs[check]]
         ready[check] = statistics.median(times)
         parts = "  ".join(f"{k.removesuffix('_s')} {statistics.median(r[k] for r in runs[check]):.2f}"
-                          for k in ("load_s", "wait_check_s", "warm_up_s"))
+                          for k in ("load_s", "warm_up_s", "wait_check_s"))
         print(f"  {label:18} {ready[check]:6.2f} s  ({min(times):.2f}-{max(times):.2f})   {parts}")
     print(f"  added by the check {100 * (ready[True] / ready[False] - 1):6.1f} %  (target < 10 %)")
     return 0

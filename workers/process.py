@@ -161,11 +161,19 @@ class WorkerProcess:
         self._manifest_sha256 = volume.manifest_sha256
         check = _VolumeCheck(volume) if self.config.check_volume else None
         runtime = self._load_runtime(volume)
-        runtime.load()
+        try:
+            runtime.load()
+            self._load_seconds = time.perf_counter() - started
+            warm_s = _warm_up(runtime)
+        except Exception:
+            if check is not None:
+                check.raise_if_failed()  # a file that fails the check is the better reason
+            raise
         if check is not None:
-            check.raise_if_failed()  # before warm-up: a tampered volume never computes a job
-        self._load_seconds = time.perf_counter() - started
-        warm_s = _warm_up(runtime)
+            # After the warm-up (one synthetic photo), so that the check's reads overlap the load's
+            # and the warm-up's; before the batcher and the heartbeat: a volume that fails the
+            # check never computes a job and never reports ready.
+            check.raise_if_failed()
         tags = version_tags(volume.version, queue_for(volume.version))
 
         def on_batch(size: int, inference_ms: float) -> None:
