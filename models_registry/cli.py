@@ -83,7 +83,7 @@ def build(version: str, name: str, root: str | None, kind: str, evaluate: bool, 
 @click.option("--record/--no-record", default=True, show_default=True,
               help="record the passed verification in Redis (promote requires it)")
 def verify(version: str, name: str, root: str | None, golden: bool, record: bool) -> None:
-    """Check a volume: every file's size and sha256, then that the model loads and its
+    """Check a volume: every file's size and hash, then that the model loads and its
     golden inputs give the recorded outputs."""
     from tqdm import tqdm
 

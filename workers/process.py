@@ -5,7 +5,7 @@ store, the Celery app it sends with) and is made of small steps that the tests c
 in-process, one at a time:
 
 - ``load``: open the volume, load the model while another thread checks every file of it against
-  the manifest (size, sha256, no symlink, nothing outside), warm it up, start the batcher (once a
+  the manifest (size, hash, no symlink, nothing outside), warm it up, start the batcher (once a
   process); a volume that fails the check is never served;
 - ``beat``: the heartbeat in Redis, the ready file (the Kubernetes probes), the gauges;
 - ``reap``: send again the jobs whose lease ran out unfinished (one worker at a time); the

@@ -50,7 +50,7 @@ def test_one_changed_byte_fails_verification_naming_the_file(tmp_path: Path) -> 
     data = bytearray(target.read_bytes())
     data[500] ^= 0x01
     target.write_bytes(bytes(data))
-    assert volume.verify_checksums() == ["weights/a.bin: sha256 differs from the manifest"]
+    assert volume.verify_checksums() == ["weights/a.bin: blake3 differs from the manifest"]
 
 
 def test_missing_and_unlisted_files_fail_verification(tmp_path: Path) -> None:
@@ -106,47 +106,26 @@ def test_verify_refuses_a_symlink_and_a_path_outside_the_volume(tmp_path: Path) 
     assert any("../elsewhere: a path outside the volume" in p for p in problems), problems
 
 
-@pytest.fixture
-def small_blocks(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Blocks of 300 bytes instead of 64 MiB, so that a test's small file has several."""
-    import common.volume
 
-    monkeypatch.setattr(common.volume, "BLOCK_BYTES", 300)
-    return 300
-
-
-def test_a_large_file_is_listed_with_a_hash_per_block_that_verify_checks_on_many_threads(
-    tmp_path: Path, small_blocks: int,
-) -> None:
-    import hashlib
+def test_every_file_is_listed_with_its_blake3_which_verify_checks_on_many_threads(tmp_path: Path) -> None:
+    import blake3
 
     volume = make(tmp_path)
     entry = next(f for f in volume.manifest["files"] if f["path"] == "weights/a.bin")
-    data = b"\x00\x01" * 1000
-    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    assert entry["blocks"]["bytes"] == small_blocks
-    assert entry["blocks"]["sha256"] == [hashlib.sha256(data[i:i + small_blocks]).hexdigest()
-                                         for i in range(0, len(data), small_blocks)]
-    assert "blocks" not in next(f for f in volume.manifest["files"] if f["path"] == "labels.txt")
+    assert entry["blake3"] == blake3.blake3(b"\x00\x01" * 1000).hexdigest()
     seen: list[int] = []
     assert volume.verify_checksums(progress=seen.append, threads=4) == []
     assert sum(seen) == 2000 + len(b"x\ny\n")
 
 
-def test_one_changed_byte_in_a_middle_block_fails_verification(tmp_path: Path, small_blocks: int) -> None:
-    volume = make(tmp_path)
-    target = volume.path / "weights" / "a.bin"
-    target.chmod(0o644)
-    data = bytearray(target.read_bytes())
-    data[1000] ^= 0x01  # block 3 of 7
-    target.write_bytes(bytes(data))
-    assert volume.verify_checksums(threads=3) == ["weights/a.bin: sha256 differs from the manifest"]
-
-
-def test_block_hashes_that_do_not_cover_the_file_fail_verification(tmp_path: Path, small_blocks: int) -> None:
+def test_a_volume_built_before_blake3_is_checked_by_sha256(tmp_path: Path) -> None:
     volume = make(tmp_path)
     manifest = json.loads((volume.path / "manifest.json").read_text())
-    entry = next(f for f in manifest["files"] if f["path"] == "weights/a.bin")
-    entry["blocks"]["sha256"] = entry["blocks"]["sha256"][:-1]  # the tail would go unchecked
-    assert ModelVolume(volume.path, manifest).verify_checksums() == [
-        "weights/a.bin: its block hashes do not cover the file"]
+    for entry in manifest["files"]:
+        del entry["blake3"]
+    old = ModelVolume(volume.path, manifest)
+    assert old.verify_checksums() == []
+    target = volume.path / "labels.txt"
+    target.chmod(0o644)
+    target.write_text("x\nz\n")
+    assert old.verify_checksums() == ["labels.txt: sha256 differs from the manifest"]
