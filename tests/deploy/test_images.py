@@ -50,7 +50,7 @@ IMAGE_PACKAGES = {
     """,
     # + tensorflow itself, from the base image
     "Dockerfile.worker": """
-        absl-py amqp asgiref astunparse async-timeout attrs billiard boto3 botocore celery certifi
+        absl-py amqp asgiref astunparse async-timeout attrs billiard blake3 boto3 botocore celery certifi
         charset-normalizer click click-didyoumean click-plugins click-repl datadog django
         djangorestframework drf-spectacular flatbuffers gast google-pasta grpcio gunicorn h5py
         hiredis idna inflection jmespath jsonschema jsonschema-specifications keras kombu libclang
