@@ -139,3 +139,11 @@ class DeliveryLimitExceeded(JobFailure):
         "The job was delivered too many times without finishing (each attempt "
         "ended with a lost worker); it was stopped to protect the workers."
     )
+
+
+class DeadlineExceeded(JobFailure):
+    code = "deadline_exceeded"
+    default_message = (
+        "The job was not started before its deadline (its client's wait, plus a grace, or "
+        "JOB_DEADLINE_SECONDS): nobody waits for the result any more, so it was not computed."
+    )

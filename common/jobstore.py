@@ -32,6 +32,13 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 # Creates the job and picks its model version from the rollout state (the hash and fields
 # of ``common.rollout``) in one round trip. The queue key is derived inside the script
 # (``common.queues``; single-node Redis, not for Redis Cluster).
+#
+# Admission: the version's backlog (its unfinished jobs, a sorted set by creation time) divided
+# by its recent completion rate (jobs the workers finished per second, counted by _FINISH in
+# one-second buckets on Redis's clock, from the first second with a completion in the window)
+# estimates how long a new job would wait. Over the job's budget (how long its client waits)
+# the job is refused as 'late'. Without a completion in the window there is no estimate (idle,
+# or workers just started) and only the depth limit applies.
 _CREATE = """
 local active = redis.call('HGET', KEYS[1], 'active')
 if not active or active == '' then active = ARGV[1] end
@@ -46,9 +53,33 @@ local queue = ARGV[5] .. version
 local depth = redis.call('LLEN', queue)
 local limit = tonumber(ARGV[3])
 if limit > 0 and depth >= limit then return {'full', version, tostring(depth)} end
-redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 8))
+local now = tonumber(redis.call('TIME')[1])
+local backlog_key = ARGV[9] .. 'backlog:' .. version
+redis.call('ZREMRANGEBYSCORE', backlog_key, '-inf', now - tonumber(ARGV[4]))
+local backlog = redis.call('ZCARD', backlog_key)
+local budget = tonumber(ARGV[8])
+if budget > 0 and backlog > 0 then
+  local window = tonumber(ARGV[10])
+  local done, first = 0, nil
+  for second = now - window, now - 1 do
+    local n = tonumber(redis.call('GET', ARGV[9] .. 'rate:' .. version .. ':' .. second) or '0')
+    if n > 0 then
+      done = done + n
+      if not first then first = second end
+    end
+  end
+  if first then
+    local rate = done / (now - first)
+    local wait = backlog / rate
+    if wait > budget then
+      return {'late', version, tostring(backlog), tostring(wait), tostring(rate)}
+    end
+  end
+end
+redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
+redis.call('ZADD', backlog_key, now, ARGV[7])
 return {'ok', version, queue}
 """
 
@@ -128,6 +159,8 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 return redis.call('HSETNX', KEYS[1], 'rescued:' .. ARGV[1], '1')
 """
 
+# The first terminal write wins. A finish takes the job out of its version's backlog, and a
+# success counts towards the completion rate of the version that computed it (admission, above).
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -135,22 +168,35 @@ if not status then
   return 0
 end
 if status == 'succeeded' or status == 'failed' then return 0 end
-local notify = redis.call('HGET', KEYS[1], 'notify')
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local fields = redis.call('HMGET', KEYS[1], 'notify', 'model_version')
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[4])
+if fields[2] then redis.call('ZREM', ARGV[5] .. 'backlog:' .. fields[2], ARGV[4]) end
+if ARGV[3] == 'succeeded' then
+  local version = redis.call('HGET', KEYS[1], 'model_version')
+  if version then
+    local key = ARGV[5] .. 'rate:' .. version .. ':' .. redis.call('TIME')[1]
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, 120)
+  end
+end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-if notify and notify ~= '' then redis.call('PUBLISH', notify, ARGV[4]) end
+if fields[1] and fields[1] ~= '' then redis.call('PUBLISH', fields[1], ARGV[4]) end
 return 1
 """
 
 
 @dataclass(frozen=True)
 class Routed:
-    outcome: str  # "ok", "full" or "no_model"
+    outcome: str  # "ok", "full" (MAX_QUEUE_DEPTH), "late" (its budget) or "no_model"
     version: str = ""
     queue: str = ""
     depth: int = 0
+    # "late": the version's unfinished jobs, the wait they mean, and its jobs per second
+    backlog: int = 0
+    wait_seconds: float = 0.0
+    rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +254,11 @@ class JobStore:
         default_version: str,
         max_queue_depth: int,
         canary_draw: float,
+        budget_seconds: float = 0.0,
+        rate_window_seconds: int = 10,
     ) -> Routed:
+        """Create and route the job, unless its version's queue is over ``max_queue_depth`` or the
+        estimated wait for it is over ``budget_seconds`` (0: no estimate)."""
         now = time.time()
         record = {"id": job_id, "status": QUEUED, "created_at": repr(now), "deliveries": "0"}
         record.update({k: _to_str(v) for k, v in fields.items()})
@@ -225,6 +275,9 @@ class JobStore:
                 QUEUE_PREFIX,
                 repr(now + self.lease_seconds),
                 job_id,
+                repr(float(budget_seconds)),
+                self.prefix,
+                str(int(rate_window_seconds)),
                 *flat,
             ],
         )
@@ -233,6 +286,9 @@ class JobStore:
             return Routed("ok", _s(reply[1]), _s(reply[2]))
         if outcome == "full":
             return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
+        if outcome == "late":
+            return Routed("late", _s(reply[1]), backlog=int(_s(reply[2])), wait_seconds=float(_s(reply[3])),
+                          rate=float(_s(reply[4])))
         return Routed("no_model")
 
     def replicate(self, job_id: str, *, replicas: int, timeout_ms: int) -> int:
@@ -344,7 +400,7 @@ class JobStore:
                 flat += [key, _to_str(value)]
             self._finish(
                 keys=[self.job_key(job_id), self.pending_key],
-                args=[str(self.ttl_seconds), self.done_channel(job_id), status, job_id, *flat],
+                args=[str(self.ttl_seconds), self.done_channel(job_id), status, job_id, self.prefix, *flat],
                 client=pipe,
             )
         return [bool(x) for x in pipe.execute()]

@@ -86,7 +86,16 @@ S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "") or None
 # --- Recognition ---------------------------------------------------------------------
 API_KEYS = env_secret("API_KEYS", "")  # "name:sha256:<hex>,..." (hashes only)
 MAX_WAIT_SECONDS = env_float("MAX_WAIT_SECONDS", 30.0, minimum=0, maximum=120)
-MAX_QUEUE_DEPTH = env_int("MAX_QUEUE_DEPTH", 10_000, minimum=0)  # 0 = unbounded
+MAX_QUEUE_DEPTH = env_int("MAX_QUEUE_DEPTH", 10_000, minimum=0)  # 0 = unbounded: a backstop
+# Every job has a deadline: the end of its client's wait plus WAIT_GRACE_SECONDS (the app may
+# poll a little longer), or JOB_DEADLINE_SECONDS after it was created when the client does not
+# wait. A job is admitted only if the estimated wait for its model version (the version's
+# unfinished jobs / its completions per second over ADMISSION_WINDOW_SECONDS) fits in its
+# client's wait (or JOB_DEADLINE_SECONDS), else 429 queue_full with the Retry-After that would
+# fit; workers skip a job whose deadline passed (failed, deadline_exceeded).
+JOB_DEADLINE_SECONDS = env_float("JOB_DEADLINE_SECONDS", 600.0, minimum=1)
+WAIT_GRACE_SECONDS = env_float("WAIT_GRACE_SECONDS", 10.0, minimum=0)
+ADMISSION_WINDOW_SECONDS = env_int("ADMISSION_WINDOW_SECONDS", 10, minimum=2, maximum=60)
 RETRY_AFTER_SECONDS = env_int("RETRY_AFTER_SECONDS", 2, minimum=1)
 
 MODEL_ROOT = Path(env_str("MODEL_ROOT", str(VAR_DIR / "models")))

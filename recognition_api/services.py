@@ -7,6 +7,7 @@ shared by all threads (redis-py pools are thread-safe).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -104,12 +105,17 @@ def recognition_job_create(
         "request_id": request_id,
         "model_name": settings.MODEL_NAME,
     }
+    # The job's budget (what the estimated wait must fit in) and its deadline (after which a
+    # worker skips it): a waiting client's wait, or the horizon of an asynchronous job.
+    budget = wait_seconds if wait_seconds > 0 else settings.JOB_DEADLINE_SECONDS
+    grace = settings.WAIT_GRACE_SECONDS if wait_seconds > 0 else 0.0
+    fields["deadline"] = repr(time.time() + budget + grace)
     if listener is not None:
         fields["notify"] = listener.channel
     # Registered before the job exists, so that its finish cannot come before we listen.
     with listener.registered(job_id) if listener is not None else nullcontext() as woken:
         _job_enqueue(store=store, job_id=job_id, data=data, content_type=info.content_type,
-                     fields=fields, client_name=client_name)
+                     fields=fields, client_name=client_name, budget_seconds=budget)
         if wait_seconds <= 0:
             record = store.get(job_id)
         elif listener is not None and woken is not None:
@@ -124,7 +130,7 @@ def recognition_job_create(
 
 def _job_enqueue(
     *, store: JobStore, job_id: str, data: bytes, content_type: str, fields: dict[str, object],
-    client_name: str,
+    client_name: str, budget_seconds: float,
 ) -> None:
     image_store().put(job_id, data, content_type)
     try:
@@ -134,11 +140,22 @@ def _job_enqueue(
             default_version=settings.DEFAULT_MODEL_VERSION,
             max_queue_depth=settings.MAX_QUEUE_DEPTH,
             canary_draw=random.random(),
+            budget_seconds=budget_seconds,
+            rate_window_seconds=settings.ADMISSION_WINDOW_SECONDS,
         )
         if routed.outcome == "full":
             raise QueueFull(
                 f"{routed.depth} photos are already waiting for model version "
                 f"{routed.version}; retry shortly."
+            )
+        if routed.outcome == "late":
+            # The wait that would fit: the backlog drained to what the budget allows.
+            retry_after = max(1, math.ceil(routed.wait_seconds - budget_seconds))
+            raise QueueFull(
+                f"About {routed.wait_seconds:.0f} s of work ({routed.backlog} photos at "
+                f"{routed.rate:.1f}/s) is ahead for model version {routed.version}, more than the "
+                f"{budget_seconds:g} s this request allows; retry in {retry_after} s.",
+                retry_after=retry_after,
             )
         if routed.outcome != "ok":
             raise NoActiveModel()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from common.errors import DeliveryLimitExceeded, InferenceFailed, JobFailure
+from common.errors import DeadlineExceeded, DeliveryLimitExceeded, InferenceFailed, JobFailure
 from common.imagestore import ImageStore
 from common.imaging import decode_rgb
 from common.jobstore import JobStore
@@ -103,12 +103,23 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
     if claim.outcome == "exhausted":
         _record_failure(context, job_id, _delivery_limit(claim.deliveries))
         return "failed"
+    if _past_deadline(claim.record):
+        # A result nobody waits for is not worth the model's time; the next job is.
+        _record_failure(context, job_id, DeadlineExceeded())
+        return "failed"
     with context.holding(job_id):
         try:
             return _compute_and_record(job_id=job_id, record=claim.record, context=context)
         except TransientError as exc:
             _give_back(context, job_id, exc)
             raise
+
+
+def _past_deadline(record: dict[str, str]) -> bool:
+    try:
+        return time.time() > float(record["deadline"])
+    except (KeyError, ValueError):  # a job created before deadlines: none
+        return False
 
 
 def _give_back(context: WorkerContext, job_id: str, error: TransientError) -> None:

@@ -51,6 +51,26 @@ def test_it_refuses_when_the_queue_is_at_its_bound(store: JobStore) -> None:
         store.client.delete("recognize.9")
 
 
+def test_a_job_whose_estimated_wait_is_over_its_budget_is_refused_as_late(store: JobStore) -> None:
+    jobs = [create(store)[0] for _ in range(30)]
+    # No completion yet: no estimate, so no budget refuses anything.
+    job_id = store.new_id()
+    assert store.create(job_id=job_id, fields={}, default_version="1", max_queue_depth=0, canary_draw=0.5,
+                        budget_seconds=0.001).outcome == "ok"
+    for done in jobs[:10]:
+        assert store.succeed(done, result={}, timings={}, model_version="1")
+    store.fail(jobs[10], "image_decode_failed", "x", model_version="1")  # leaves the backlog, not the rate
+    time.sleep(1.1)  # the rate counts whole seconds
+    # 20 unfinished jobs at 10 finished in the last 1-2 s: a wait of 2-4 s.
+    late = store.create(job_id=store.new_id(), fields={}, default_version="1", max_queue_depth=0,
+                        canary_draw=0.5, budget_seconds=1.0)
+    assert late.outcome == "late" and late.version == "1" and late.backlog == 20
+    assert 5.0 <= late.rate <= 10.0 and late.wait_seconds == pytest.approx(late.backlog / late.rate)
+    fits = store.create(job_id=store.new_id(), fields={}, default_version="1", max_queue_depth=0,
+                        canary_draw=0.5, budget_seconds=10.0)
+    assert fits.outcome == "ok"
+
+
 def test_each_claim_counts_a_delivery_and_the_limit_ends_it(redis_client: redis.Redis, key_prefix: str) -> None:
     store = JobStore(redis_client, key_prefix, ttl_seconds=60, lease_seconds=0.0)  # every lease already over
     job_id, _ = create(store)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,27 @@ def test_a_job_past_its_delivery_limit_is_failed_not_run_again(context: WorkerCo
         lapsed.claim(job_id, worker="lost", max_deliveries=2)
     assert recognition_job_process(job_id=job_id, context=context) == "failed"
     assert context.jobs.get(job_id)["error_code"] == "delivery_limit_exceeded"
+
+
+def test_a_job_past_its_deadline_is_failed_without_being_computed(
+    context: WorkerContext, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = context.jobs.new_id()
+    context.images.put(job_id, png((1, 2, 3)), "image/png")
+    context.jobs.create(job_id=job_id, fields={"image_key": job_id, "deadline": repr(time.time() - 1)},
+                        default_version="n1", max_queue_depth=0, canary_draw=0.5)
+    monkeypatch.setattr(context.batcher, "arrival", lambda: pytest.fail("a late job reached the model"))
+    assert recognition_job_process(job_id=job_id, context=context) == "failed"
+    record = context.jobs.get(job_id)
+    assert (record["status"], record["error_code"]) == ("failed", "deadline_exceeded")
+
+
+def test_a_job_before_its_deadline_is_computed(context: WorkerContext) -> None:
+    job_id = context.jobs.new_id()
+    context.images.put(job_id, png((1, 2, 3)), "image/png")
+    context.jobs.create(job_id=job_id, fields={"image_key": job_id, "deadline": repr(time.time() + 30)},
+                        default_version="n1", max_queue_depth=0, canary_draw=0.5)
+    assert recognition_job_process(job_id=job_id, context=context) == "succeeded"
 
 
 def test_an_expired_job_is_skipped(context: WorkerContext) -> None:
