@@ -36,9 +36,11 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 # Admission: the version's backlog (its unfinished jobs, a sorted set by creation time) divided
 # by its recent completion rate (jobs the workers finished per second, counted by _FINISH in
 # one-second buckets on Redis's clock, from the first second with a completion in the window)
-# estimates how long a new job would wait. Over the job's budget (how long its client waits)
-# the job is refused as 'late'. Without a completion in the window there is no estimate (idle,
-# or workers just started) and only the depth limit applies.
+# estimates how long a job takes now (Little's law: jobs in the system / throughput). Over the
+# job's budget (how long its client waits) the job is refused as 'late'. Without a completion in
+# the window there is no estimate (idle, or workers just started) and only the depth limit
+# applies; just after a cold start, the first seconds' rate is low, so the estimate errs on the
+# side of refusing.
 _CREATE = """
 local active = redis.call('HGET', KEYS[1], 'active')
 if not active or active == '' then active = ARGV[1] end

@@ -96,6 +96,9 @@ MAX_QUEUE_DEPTH = env_int("MAX_QUEUE_DEPTH", 10_000, minimum=0)  # 0 = unbounded
 JOB_DEADLINE_SECONDS = env_float("JOB_DEADLINE_SECONDS", 600.0, minimum=1)
 WAIT_GRACE_SECONDS = env_float("WAIT_GRACE_SECONDS", 10.0, minimum=0)
 ADMISSION_WINDOW_SECONDS = env_int("ADMISSION_WINDOW_SECONDS", 10, minimum=2, maximum=60)
+# The share of a client's wait that the estimate (a mean) may fill: jobs finish around it, the
+# slowest about a batch's time later, and the admitted ones should finish within the wait.
+ADMISSION_TARGET = env_float("ADMISSION_TARGET", 0.5, minimum=0.1, maximum=1.0)
 RETRY_AFTER_SECONDS = env_int("RETRY_AFTER_SECONDS", 2, minimum=1)
 
 MODEL_ROOT = Path(env_str("MODEL_ROOT", str(VAR_DIR / "models")))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.load import Outcome
 
-COLUMNS = ("scenario", "accepted", "lost", "failed", "p99 job s", "recover s", "model reloads")
+COLUMNS = ("scenario", "accepted", "lost", "failed", "skipped", "p99 job s", "recover s", "model reloads")
 
 
 @dataclass(frozen=True)
@@ -21,17 +21,18 @@ class Row:
     accepted: int
     lost: int
     failed: int
+    skipped: int  # past their deadline, not computed (their clients had stopped waiting)
     p99_completion_s: float
     recover_s: float
     model_reloads: int
 
     @classmethod
     def of(cls, scenario: str, outcome: Outcome, *, recover_s: float, model_reloads: int) -> Row:
-        return cls(scenario, outcome.accepted, outcome.lost, outcome.failed, round(outcome.p99_completion_s, 2),
-                   round(recover_s, 2), model_reloads)
+        return cls(scenario, outcome.accepted, outcome.lost, outcome.failed, outcome.skipped,
+                   round(outcome.p99_completion_s, 2), round(recover_s, 2), model_reloads)
 
     def cells(self) -> list[str]:
-        return [self.scenario, str(self.accepted), str(self.lost), str(self.failed),
+        return [self.scenario, str(self.accepted), str(self.lost), str(self.failed), str(self.skipped),
                 f"{self.p99_completion_s:.2f}", f"{self.recover_s:.2f}", str(self.model_reloads)]
 
 

@@ -140,7 +140,7 @@ def _job_enqueue(
             default_version=settings.DEFAULT_MODEL_VERSION,
             max_queue_depth=settings.MAX_QUEUE_DEPTH,
             canary_draw=random.random(),
-            budget_seconds=budget_seconds,
+            budget_seconds=budget_seconds * settings.ADMISSION_TARGET,
             rate_window_seconds=settings.ADMISSION_WINDOW_SECONDS,
         )
         if routed.outcome == "full":
@@ -150,7 +150,7 @@ def _job_enqueue(
             )
         if routed.outcome == "late":
             # The wait that would fit: the backlog drained to what the budget allows.
-            retry_after = max(1, math.ceil(routed.wait_seconds - budget_seconds))
+            retry_after = max(1, math.ceil(routed.wait_seconds - budget_seconds * settings.ADMISSION_TARGET))
             raise QueueFull(
                 f"About {routed.wait_seconds:.0f} s of work ({routed.backlog} photos at "
                 f"{routed.rate:.1f}/s) is ahead for model version {routed.version}, more than the "

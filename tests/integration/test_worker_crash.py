@@ -180,7 +180,7 @@ def test_a_worker_whose_model_hangs_withdraws_and_exits_non_zero(tmp_path: Path,
         job = JobStore(store, env["REDIS_KEY_PREFIX"]).get(response.json()["id"])
         # Its only worker is gone: the job waits, claimed until its lease runs out, then queued again.
         assert job is not None and job["status"] in ("running", "queued")
-        chaos_rows.append(Row("model hangs (WORKER_MAX_BATCH_SECONDS=2): worker exits 4", 1, 0, 0, 0.0,
+        chaos_rows.append(Row("model hangs (WORKER_MAX_BATCH_SECONDS=2): worker exits 4", 1, 0, 0, 0, 0.0,
                               round(exited_after, 2), 0))
     finally:
         stack.stop()
