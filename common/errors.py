@@ -99,6 +99,11 @@ class ServiceUnavailable(RecognitionError):
     default_message = "The recognition service is temporarily unavailable; retry shortly."
 
 
+class DecodeBusy(ServiceUnavailable):
+    code = "overloaded"
+    default_message = "Too many large images are being decoded right now; retry shortly."
+
+
 class NotReplicated(ServiceUnavailable):
     code = "not_replicated"
     default_message = "The job could not be stored on enough Redis replicas in time; retry shortly."

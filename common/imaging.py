@@ -1,10 +1,12 @@
 """Image checks (API) and decoding (worker), on Pillow.
 
 The API calls :func:`inspect_image` to reject bad uploads with a precise error
-before anything is queued; it decodes JPEGs in draft mode (DCT scaling), which
-still reads every scan, so truncation is caught at a fraction of a full decode.
-The worker calls :func:`decode_rgb` to get an upright 8-bit RGB array no larger
-than it needs.
+before anything is queued, without decoding full-size pixels: JPEGs are decoded
+in draft mode at 1/8 scale (DCT scaling; it still reads every scan, so truncation
+is caught), PNGs have every chunk's CRC checked to the end of the file (damage and
+truncation, no pixel decoded), WebP's container length is checked, HEIF's header
+read. The worker calls :func:`decode_rgb` to get an upright 8-bit RGB array no
+larger than it needs. Both hold the bytes they decode in a ``DecodeBudget``.
 
 Animated images (GIF is not accepted; animated WebP/PNG, HEIF sequences) are
 accepted and their FIRST frame is used.
@@ -14,12 +16,15 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from common.errors import (
+    DecodeBusy,
     ImageCorrupt,
     ImageDecodeFailed,
     ImageEmpty,
@@ -29,6 +34,7 @@ from common.errors import (
     ImageTooSmall,
     ImageUnsupportedFormat,
 )
+from common.membudget import DecodeBudget, DecodeBudgetExceeded
 
 _heif_registered = False
 
@@ -66,7 +72,8 @@ class ImageInfo:
 
 
 def inspect_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1
+    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1,
+    budget: DecodeBudget | None = None, budget_wait: float = 0.0,
 ) -> ImageInfo:
     if not data:
         raise ImageEmpty()
@@ -104,11 +111,9 @@ def inspect_image(
         frames = int(getattr(image, "n_frames", 1) or 1)
         mode = image.mode
         try:
-            if fmt in ("JPEG", "MPO"):
-                image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-            image.load()
-            # After load: for PNG, reading EXIF walks the chunks to the end of the file.
-            orientation = image.getexif().get(0x0112, 1)
+            orientation = _check_without_full_decode(image, fmt, data, budget, budget_wait)
+        except DecodeBusy:
+            raise
         except Image.DecompressionBombError as exc:
             raise _too_many_pixels(max_pixels) from exc
         except Exception as exc:
@@ -121,6 +126,50 @@ def inspect_image(
     return ImageInfo(public, content_type, width, height, mode, frames)
 
 
+def _check_without_full_decode(
+    image: Image.Image, fmt: str, data: bytes, budget: DecodeBudget | None, budget_wait: float,
+) -> int:
+    """A bounded integrity check; returns the EXIF orientation (1 when none)."""
+    if fmt in ("JPEG", "MPO"):
+        image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+        with _reserved(budget, _decoded_bytes(image), budget_wait):
+            image.load()
+        return int(image.getexif().get(0x0112, 1))
+    if fmt == "PNG":
+        image.verify()  # every chunk's CRC to IEND: damage and truncation, nothing inflated
+        # Orientation from an eXIf chunk, wherever it was (PNG's getexif() would decode).
+        raw = image.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(0x0112, 1))
+    if fmt == "WEBP" and len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 > len(data):
+        raise ImageCorrupt("The image is truncated or corrupt and cannot be decoded.")
+    return int(image.getexif().get(0x0112, 1))  # WebP, HEIF: from the container, nothing decoded
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    """What decoding ``image`` (at its current, maybe drafted, size) holds at its peak: the pixels,
+    and as much again for the conversions after (orientation, RGB, the downscale)."""
+    bands = len(image.getbands()) if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N") else 2
+    return image.width * image.height * max(bands, 3) * 2
+
+
+@contextmanager
+def _reserved(budget: DecodeBudget | None, nbytes: int, wait: float) -> Iterator[None]:
+    if budget is None:
+        yield
+        return
+    try:
+        with budget.reserve(nbytes, timeout=wait):
+            yield
+    except DecodeBudgetExceeded as exc:
+        raise DecodeBusy(
+            "Too many large images are being decoded right now; retry shortly."
+        ) from exc
+
+
 def _too_many_pixels(max_pixels: int, width: int = 0, height: int = 0) -> ImageTooManyPixels:
     size = f"{width}x{height} = {width * height:,} pixels; " if width else ""
     return ImageTooManyPixels(
@@ -128,11 +177,15 @@ def _too_many_pixels(max_pixels: int, width: int = 0, height: int = 0) -> ImageT
     )
 
 
-def decode_rgb(data: bytes, *, max_side: int, max_pixels: int = 200_000_000) -> np.ndarray:
+def decode_rgb(
+    data: bytes, *, max_side: int, max_pixels: int = 200_000_000,
+    budget: DecodeBudget | None = None, budget_wait: float = 0.0,
+) -> np.ndarray:
     """Decode to an upright uint8 RGB array whose long side is at most ``max_side``.
 
     JPEGs are decoded at a reduced size when the photo is much larger than needed
-    (a 12-megapixel photo decodes ~6x faster at 1/4 scale).
+    (a 12-megapixel photo decodes ~6x faster at 1/4 scale); other formats decode at full
+    size (Pillow cannot reduce them on load), within ``budget``.
     """
     _register_heif()
     try:
@@ -142,13 +195,14 @@ def decode_rgb(data: bytes, *, max_side: int, max_pixels: int = 200_000_000) -> 
         image.seek(0)
         if image.format in ("JPEG", "MPO"):
             image.draft("RGB", (max_side, max_side))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
-        if max(image.size) > max_side:
-            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(image)
-    except ImageDecodeFailed:
+        with _reserved(budget, _decoded_bytes(image), budget_wait):
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = to_rgb(image)
+            if max(image.size) > max_side:
+                image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            return np.asarray(image)
+    except (ImageDecodeFailed, DecodeBusy):
         raise
     except Exception as exc:
         raise ImageDecodeFailed(f"The image could not be decoded: {exc}") from exc

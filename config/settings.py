@@ -80,6 +80,18 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 1
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
 FILE_UPLOAD_HANDLERS = ["recognition_api.uploads.LimitedMemoryUploadHandler"]
 
+# Decoded pixels in flight per process (API and worker): a small file can decode to a huge
+# bitmap. 0: DECODE_BUDGET_FRACTION of the container's memory limit (or the machine's). Over
+# budget, the API waits API_DECODE_WAIT_SECONDS and then answers 503 overloaded + Retry-After;
+# a worker waits WORKER_DECODE_WAIT_SECONDS and then gives the job back to the queue.
+DECODE_BUDGET_BYTES = env_int("DECODE_BUDGET_BYTES", 0, minimum=0)
+DECODE_BUDGET_FRACTION = env_float("DECODE_BUDGET_FRACTION", 0.25, minimum=0.01, maximum=0.9)
+API_DECODE_WAIT_SECONDS = env_float("API_DECODE_WAIT_SECONDS", 2.0, minimum=0)
+WORKER_DECODE_WAIT_SECONDS = env_float("WORKER_DECODE_WAIT_SECONDS", 30.0, minimum=0)
+# A worker gives memory of this size and more back to the system as soon as it is freed (glibc
+# M_MMAP_THRESHOLD, fixed; common/membudget.py); 0 leaves glibc's adaptive default.
+WORKER_MALLOC_MMAP_THRESHOLD = env_int("WORKER_MALLOC_MMAP_THRESHOLD", 128 * 1024, minimum=0)
+
 IMAGE_STORE_URL = env_str("IMAGE_STORE_URL", (VAR_DIR / "images").as_uri())
 S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "") or None
 

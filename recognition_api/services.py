@@ -24,6 +24,7 @@ from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
 from common.jobstore import TERMINAL, JobStore
+from common.membudget import DecodeBudget, default_budget_bytes
 from common.queues import recognition_send
 from common.redisconn import RedisTarget
 from common.rollout import rollout_state
@@ -75,12 +76,19 @@ def _celery():  # type: ignore[no-untyped-def]
     return app
 
 
+@lru_cache(maxsize=1)
+def decode_budget() -> DecodeBudget:
+    return DecodeBudget(settings.DECODE_BUDGET_BYTES or default_budget_bytes(settings.DECODE_BUDGET_FRACTION))
+
+
 def image_validate(*, data: bytes) -> ImageInfo:
     return inspect_image(
         data,
         max_bytes=settings.MAX_UPLOAD_BYTES,
         max_pixels=settings.MAX_IMAGE_PIXELS,
         min_side=settings.MIN_IMAGE_SIDE,
+        budget=decode_budget(),
+        budget_wait=settings.API_DECODE_WAIT_SECONDS,
     )
 
 

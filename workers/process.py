@@ -43,6 +43,7 @@ import redis
 from common import heartbeat
 from common.imagestore import ImageStore, image_store_from_url
 from common.jobstore import JobStore
+from common.membudget import DecodeBudget, default_budget_bytes
 from common.metrics import statsd, version_tags
 from common.queues import TaskSender, queue_depth, queue_for, recognition_send, taken_before
 from common.redisconn import RedisTarget
@@ -53,6 +54,11 @@ from workers.runtime import ModelRuntime, runtime_for
 from workers.service import WorkerContext
 
 logger = logging.getLogger(__name__)
+
+
+
+# After a decode that held this many bytes, the worker gives freed memory back to the system.
+TRIM_AFTER_DECODE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ class WorkerConfig:
     max_batch_seconds: float = 120.0
     check_volume: bool = True
     sweep_interval_seconds: float = 300.0
+    decode_budget_bytes: int = 0  # 0: DECODE_BUDGET_FRACTION (0.25) of the memory limit
+    decode_wait_seconds: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> WorkerConfig:
@@ -96,6 +104,8 @@ class WorkerConfig:
             batch_max_wait_ms=settings.BATCH_MAX_WAIT_MS,
             max_batch_seconds=settings.WORKER_MAX_BATCH_SECONDS,
             check_volume=settings.WORKER_CHECK_VOLUME,
+            decode_budget_bytes=settings.DECODE_BUDGET_BYTES or default_budget_bytes(settings.DECODE_BUDGET_FRACTION),
+            decode_wait_seconds=settings.WORKER_DECODE_WAIT_SECONDS,
         )
 
 
@@ -186,7 +196,11 @@ class WorkerProcess:
         self._context = WorkerContext(worker_id=self.worker_id, runtime=runtime, batcher=batcher,
                                       jobs=self.jobs, images=self.images,
                                       max_deliveries=self.config.max_deliveries,
-                                      claim_lease_seconds=self.config.claim_lease_seconds)
+                                      claim_lease_seconds=self.config.claim_lease_seconds,
+                                      decode_budget=DecodeBudget(
+                                          self.config.decode_budget_bytes or default_budget_bytes(0.25),
+                                          trim_after_bytes=TRIM_AFTER_DECODE_BYTES),
+                                      decode_wait_seconds=self.config.decode_wait_seconds)
         logger.info("model loaded", extra={
             "model_version": volume.version, "load_s": round(self._load_seconds, 3),
             "warm_up_s": round(warm_s, 3), "model_bytes": volume.total_bytes,

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import redis
 
-from common.errors import DeadlineExceeded, DeliveryLimitExceeded, InferenceFailed, JobFailure
+from common.errors import DeadlineExceeded, DecodeBusy, DeliveryLimitExceeded, InferenceFailed, JobFailure
 from common.imagestore import ImageStore
 from common.imaging import decode_rgb
 from common.jobstore import JobStore
+from common.membudget import DecodeBudget
 from common.metrics import statsd, version_tags
 from common.queues import queue_for
 from workers.batching import Batcher
@@ -35,6 +36,9 @@ class WorkerContext:
     max_deliveries: int
     # How long a claim lasts unless the heartbeat renews it (None: the job store's lease).
     claim_lease_seconds: float | None = None
+    # Decoded pixels in flight in this process, and how long a decode may wait for its share.
+    decode_budget: DecodeBudget | None = None
+    decode_wait_seconds: float = 30.0
     _held: set[str] = field(default_factory=set)
     _to_resend: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -146,7 +150,11 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
             except Exception as exc:
                 raise TransientError("image store", exc) from exc
             t0 = time.perf_counter()
-            rgb = decode_rgb(data, max_side=context.runtime.decode_max_side)
+            try:
+                rgb = decode_rgb(data, max_side=context.runtime.decode_max_side, budget=context.decode_budget,
+                                 budget_wait=context.decode_wait_seconds)
+            except DecodeBusy as exc:
+                raise TransientError("memory", exc) from exc
             t1 = time.perf_counter()
             try:
                 prepared = context.runtime.prepare(rgb)

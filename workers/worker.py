@@ -14,6 +14,7 @@ import logging.config
 from celery import signals
 from django.conf import settings
 
+from common.membudget import fix_mmap_threshold
 from config.celery_app import app
 from workers import process, tasks  # noqa: F401  (tasks: registers the task)
 
@@ -27,6 +28,8 @@ def _setup_logging(**kwargs) -> None:  # type: ignore[no-untyped-def]
 
 @signals.worker_init.connect
 def _load_model(**kwargs) -> None:  # type: ignore[no-untyped-def]
+    if settings.WORKER_MALLOC_MMAP_THRESHOLD:
+        fix_mmap_threshold(settings.WORKER_MALLOC_MMAP_THRESHOLD)
     try:
         process.install(process.WorkerProcess.from_settings(settings)).load()
     except Exception:

@@ -147,3 +147,49 @@ def test_it_decodes_large_jpegs_at_reduced_size(coffee: Image.Image) -> None:
 def test_it_reports_undecodable_data_as_a_job_failure() -> None:
     with pytest.raises(errors.ImageDecodeFailed):
         decode_rgb(b"garbage", max_side=100)
+
+
+def test_png_webp_and_heic_are_checked_without_decoding_their_pixels(
+    coffee: Image.Image, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import ImageFile
+
+    def decode(self):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"the API decoded the pixels of a {self.format}")
+
+    encoded = {fmt: encode(coffee, fmt) for fmt in ("PNG", "WEBP", "HEIF")}
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+    for fmt, data in encoded.items():
+        assert inspect(data).width == 600, fmt
+
+
+def test_a_png_with_a_damaged_chunk_or_a_short_webp_is_refused(coffee: Image.Image) -> None:
+    png = bytearray(encode(coffee, "PNG"))
+    png[len(png) // 2] ^= 0xFF  # inside the pixel data: its chunk's CRC no longer matches
+    with pytest.raises(errors.ImageCorrupt):
+        inspect(bytes(png))
+    webp = encode(coffee, "WEBP")
+    with pytest.raises(errors.ImageCorrupt):
+        inspect(webp[: len(webp) - 100])
+
+
+def test_the_orientation_of_a_png_comes_from_its_exif_chunk() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    info = inspect(encode(Image.new("RGB", (80, 40), (1, 2, 3)), "PNG", exif=exif))
+    assert (info.width, info.height) == (40, 80)
+
+
+def test_a_decode_waits_for_its_share_of_the_budget_and_gives_up_with_a_503_error(coffee: Image.Image) -> None:
+    from common.membudget import DecodeBudget
+
+    budget = DecodeBudget(1024 * 1024)
+    data = jpeg_bytes(coffee)
+    with budget.reserve(1024 * 1024, timeout=0):  # another decode holds it all
+        with pytest.raises(errors.DecodeBusy) as raised:
+            inspect(data, budget=budget, budget_wait=0.05)
+        with pytest.raises(errors.DecodeBusy):
+            decode_rgb(data, max_side=64, budget=budget, budget_wait=0.05)
+    assert raised.value.http_status == 503 and raised.value.code == "overloaded"
+    assert decode_rgb(data, max_side=64, budget=budget, budget_wait=0.05).shape == (43, 64, 3)
+    assert budget.in_flight == 0
