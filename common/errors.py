@@ -93,6 +93,12 @@ class QueueFull(RecognitionError):
     default_message = "Too many photos are waiting to be recognized; retry shortly."
 
 
+class RateLimited(RecognitionError):
+    code = "rate_limited"
+    http_status = 429
+    default_message = "This API key is sending more than its limit; retry later."
+
+
 class ServiceUnavailable(RecognitionError):
     code = "service_unavailable"
     http_status = 503

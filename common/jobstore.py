@@ -60,6 +60,13 @@ local backlog_key = ARGV[9] .. 'backlog:' .. version
 redis.call('ZREMRANGEBYSCORE', backlog_key, '-inf', now - tonumber(ARGV[4]))
 local backlog = redis.call('ZCARD', backlog_key)
 local budget = tonumber(ARGV[8])
+local key_jobs = ARGV[9] .. 'keyjobs:' .. ARGV[11]
+local key_limit = tonumber(ARGV[12])
+if key_limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', key_jobs, '-inf', now - tonumber(ARGV[4]))
+  local held = redis.call('ZCARD', key_jobs)
+  if held >= key_limit then return {'key_full', version, tostring(held)} end
+end
 if budget > 0 and backlog > 0 then
   local window = tonumber(ARGV[10])
   local done, first = 0, nil
@@ -78,10 +85,11 @@ if budget > 0 and backlog > 0 then
     end
   end
 end
-redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 11))
+redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 redis.call('ZADD', backlog_key, now, ARGV[7])
+if key_limit > 0 then redis.call('ZADD', key_jobs, now, ARGV[7]) end
 return {'ok', version, queue}
 """
 
@@ -170,11 +178,12 @@ if not status then
   return 0
 end
 if status == 'succeeded' or status == 'failed' then return 0 end
-local fields = redis.call('HMGET', KEYS[1], 'notify', 'model_version')
+local fields = redis.call('HMGET', KEYS[1], 'notify', 'model_version', 'client')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[4])
 if fields[2] then redis.call('ZREM', ARGV[5] .. 'backlog:' .. fields[2], ARGV[4]) end
+if fields[3] then redis.call('ZREM', ARGV[5] .. 'keyjobs:' .. fields[3], ARGV[4]) end
 if ARGV[3] == 'succeeded' then
   local version = redis.call('HGET', KEYS[1], 'model_version')
   if version then
@@ -191,7 +200,7 @@ return 1
 
 @dataclass(frozen=True)
 class Routed:
-    outcome: str  # "ok", "full" (MAX_QUEUE_DEPTH), "late" (its budget) or "no_model"
+    outcome: str  # "ok", "full" (MAX_QUEUE_DEPTH), "late" (its budget), "key_full" or "no_model"
     version: str = ""
     queue: str = ""
     depth: int = 0
@@ -258,9 +267,12 @@ class JobStore:
         canary_draw: float,
         budget_seconds: float = 0.0,
         rate_window_seconds: int = 10,
+        client: str = "",
+        client_max_jobs: int = 0,
     ) -> Routed:
-        """Create and route the job, unless its version's queue is over ``max_queue_depth`` or the
-        estimated wait for it is over ``budget_seconds`` (0: no estimate)."""
+        """Create and route the job, unless its version's queue is over ``max_queue_depth``, the
+        estimated wait for it is over ``budget_seconds`` (0: no estimate), or ``client`` already
+        has ``client_max_jobs`` unfinished jobs (0: no limit)."""
         now = time.time()
         record = {"id": job_id, "status": QUEUED, "created_at": repr(now), "deliveries": "0"}
         record.update({k: _to_str(v) for k, v in fields.items()})
@@ -280,6 +292,8 @@ class JobStore:
                 repr(float(budget_seconds)),
                 self.prefix,
                 str(int(rate_window_seconds)),
+                client,
+                str(int(client_max_jobs)),
                 *flat,
             ],
         )
@@ -288,6 +302,8 @@ class JobStore:
             return Routed("ok", _s(reply[1]), _s(reply[2]))
         if outcome == "full":
             return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
+        if outcome == "key_full":
+            return Routed("key_full", _s(reply[1]), backlog=int(_s(reply[2])))
         if outcome == "late":
             return Routed("late", _s(reply[1]), backlog=int(_s(reply[2])), wait_seconds=float(_s(reply[3])),
                           rate=float(_s(reply[4])))

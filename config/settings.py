@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from common.apikeys import Defaults, parse_api_keys
 from common.env import (
     ConfigurationError,
     env_bool,
@@ -96,9 +97,20 @@ IMAGE_STORE_URL = env_str("IMAGE_STORE_URL", (VAR_DIR / "images").as_uri())
 S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "") or None
 
 # --- Recognition ---------------------------------------------------------------------
-API_KEYS = env_secret("API_KEYS", "")  # "name:sha256:<hex>,..." (hashes only)
-MAX_WAIT_SECONDS = env_float("MAX_WAIT_SECONDS", 30.0, minimum=0, maximum=120)
+# "name:sha256:<hex>[;scopes=ops][;rate=N][;burst=N][;max_jobs=N][;device_rate=N],..." (hashes
+# only; common/apikeys.py). Per key: new jobs per second and burst (token bucket in Redis), its
+# unfinished jobs at once (its share of the queue), and, for a shared mobile key, new jobs per
+# second per installation named in X-Device-Id. These are the defaults of keys that say nothing.
+API_KEYS = env_secret("API_KEYS", "")
 MAX_QUEUE_DEPTH = env_int("MAX_QUEUE_DEPTH", 10_000, minimum=0)  # 0 = unbounded: a backstop
+API_KEY_RATE = env_float("API_KEY_RATE", 100.0, minimum=0)  # 0: no limit
+API_KEY_BURST = env_int("API_KEY_BURST", 0, minimum=0)  # 0: twice the rate
+API_KEY_MAX_JOBS = env_int("API_KEY_MAX_JOBS", MAX_QUEUE_DEPTH // 2, minimum=0)  # 0: no limit
+API_KEY_DEVICE_RATE = env_float("API_KEY_DEVICE_RATE", 0.0, minimum=0)  # 0: off
+API_KEY_DEFAULTS = Defaults(rate=API_KEY_RATE, burst=API_KEY_BURST, max_jobs=API_KEY_MAX_JOBS,
+                            device_rate=API_KEY_DEVICE_RATE)
+parse_api_keys(API_KEYS, API_KEY_DEFAULTS)  # a malformed entry stops the process here
+MAX_WAIT_SECONDS = env_float("MAX_WAIT_SECONDS", 30.0, minimum=0, maximum=120)
 # Every job has a deadline: the end of its client's wait plus WAIT_GRACE_SECONDS (the app may
 # poll a little longer), or JOB_DEADLINE_SECONDS after it was created when the client does not
 # wait. A job is admitted only if the estimated wait for its model version (the version's

@@ -1,9 +1,5 @@
-"""API keys: sent as ``Authorization: Bearer <key>``, configured only as hashes.
-
-``API_KEYS`` (or the file named by ``API_KEYS_FILE``) holds comma-separated
-``<client-name>:sha256:<hex digest of the key>`` entries; the keys themselves are
-never stored. Keys are long random tokens, so a plain SHA-256 is the right hash
-(a slow password hash buys nothing against 256 bits of entropy). Create one with
+"""API keys: sent as ``Authorization: Bearer <key>``, configured only as hashes, each with its
+scopes and limits (``common.apikeys``: the format of ``API_KEYS``). Create one with
 ``python manage.py create_api_key <client-name>``.
 """
 
@@ -18,13 +14,17 @@ from functools import lru_cache
 from django.conf import settings
 from rest_framework import authentication, exceptions, permissions
 
-from common.env import ConfigurationError
+from common.apikeys import Defaults, KeyPolicy, parse_api_keys
 
 
 @dataclass(frozen=True)
 class ApiClient:
-    name: str
+    policy: KeyPolicy
     is_authenticated: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
 
 
 def hash_key(key: str) -> str:
@@ -38,20 +38,13 @@ def new_key() -> tuple[str, str]:
 
 
 @lru_cache(maxsize=4)
-def parse_api_keys(raw: str) -> dict[str, str]:
-    """Map digest -> client name; a malformed entry fails loudly at start-up."""
-    table: dict[str, str] = {}
-    for entry in (e.strip() for e in raw.split(",")):
-        if not entry:
-            continue
-        parts = entry.split(":")
-        if len(parts) != 3 or parts[1] != "sha256" or len(parts[2]) != 64:
-            raise ConfigurationError(
-                f"API_KEYS entry {entry[:40]!r} must look like name:sha256:<64 hex digits>"
-            )
-        name, _, digest = parts
-        table[digest.lower()] = name
-    return table
+def _clients(raw: str, defaults: Defaults) -> dict[str, KeyPolicy]:
+    return parse_api_keys(raw, defaults)
+
+
+def api_clients() -> dict[str, KeyPolicy]:
+    """Digest -> policy, from the settings (parsed once per value)."""
+    return _clients(settings.API_KEYS, settings.API_KEY_DEFAULTS)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -65,9 +58,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if scheme.lower() != "bearer" or not key.strip():
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <API key>'.")
         digest = hash_key(key.strip())
-        for known, name in parse_api_keys(settings.API_KEYS).items():
+        for known, policy in api_clients().items():
             if hmac.compare_digest(known, digest):
-                return ApiClient(name), None
+                return ApiClient(policy), None
         raise exceptions.AuthenticationFailed("This API key is not valid.")
 
     def authenticate_header(self, request) -> str:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ shared by all threads (redis-py pools are thread-safe).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -19,13 +20,15 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from common.errors import JobNotFound, NoActiveModel, NotReplicated, QueueFull, ServiceUnavailable
+from common.apikeys import KeyPolicy
+from common.errors import JobNotFound, NoActiveModel, NotReplicated, QueueFull, RateLimited, ServiceUnavailable
 from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
 from common.jobstore import TERMINAL, JobStore
 from common.membudget import DecodeBudget, default_budget_bytes
 from common.queues import recognition_send
+from common.ratelimit import Bucket, RateLimiter, retry_after_seconds
 from common.redisconn import RedisTarget
 from common.rollout import rollout_state
 from common.waiting import FinishListener
@@ -93,7 +96,7 @@ def image_validate(*, data: bytes) -> ImageInfo:
 
 
 def recognition_job_create(
-    *, data: bytes, client_name: str, request_id: str, wait_seconds: float = 0.0
+    *, data: bytes, client: KeyPolicy, request_id: str, wait_seconds: float = 0.0
 ) -> dict[str, str]:
     """Store the image, create and enqueue the job; return its record, after waiting up to
     ``wait_seconds`` for it to finish."""
@@ -109,7 +112,7 @@ def recognition_job_create(
         "image_width": info.width,
         "image_height": info.height,
         "image_bytes": len(data),
-        "client": client_name,
+        "client": client.name,
         "request_id": request_id,
         "model_name": settings.MODEL_NAME,
     }
@@ -123,7 +126,7 @@ def recognition_job_create(
     # Registered before the job exists, so that its finish cannot come before we listen.
     with listener.registered(job_id) if listener is not None else nullcontext() as woken:
         _job_enqueue(store=store, job_id=job_id, data=data, content_type=info.content_type,
-                     fields=fields, client_name=client_name, budget_seconds=budget)
+                     fields=fields, client=client, budget_seconds=budget)
         if wait_seconds <= 0:
             record = store.get(job_id)
         elif listener is not None and woken is not None:
@@ -138,7 +141,7 @@ def recognition_job_create(
 
 def _job_enqueue(
     *, store: JobStore, job_id: str, data: bytes, content_type: str, fields: dict[str, object],
-    client_name: str, budget_seconds: float,
+    client: KeyPolicy, budget_seconds: float,
 ) -> None:
     image_store().put(job_id, data, content_type)
     try:
@@ -150,7 +153,15 @@ def _job_enqueue(
             canary_draw=random.random(),
             budget_seconds=budget_seconds * settings.ADMISSION_TARGET,
             rate_window_seconds=settings.ADMISSION_WINDOW_SECONDS,
+            client=client.name,
+            client_max_jobs=client.max_jobs,
         )
+        if routed.outcome == "key_full":
+            raise RateLimited(
+                f"This API key already has {routed.backlog} unfinished jobs, its share of the queue; "
+                "retry when some have finished.",
+                retry_after=settings.RETRY_AFTER_SECONDS,
+            )
         if routed.outcome == "full":
             raise QueueFull(
                 f"{routed.depth} photos are already waiting for model version "
@@ -181,7 +192,7 @@ def _job_enqueue(
         raise
     logger.info(
         "job queued",
-        extra={"job_id": job_id, "model_version": routed.version, "client": client_name},
+        extra={"job_id": job_id, "model_version": routed.version, "client": client.name},
     )
 
 
@@ -204,14 +215,45 @@ def _forget_image(job_id: str) -> None:
         logger.warning("could not delete image of rejected job %s", job_id)
 
 
-def recognition_job_get(*, job_id: str, wait_seconds: float = 0.0) -> dict[str, str]:
+def recognition_job_get(*, job_id: str, client: KeyPolicy, wait_seconds: float = 0.0) -> dict[str, str]:
+    """The job, for the key that created it (or one that reads all jobs); to any other key it
+    does not exist."""
     if not _valid_id(job_id):
         raise JobNotFound()
     store = job_store()
-    record = store.wait(job_id, wait_seconds) if wait_seconds > 0 else store.get(job_id)
-    if record is None:
+    record = store.get(job_id)
+    if record is None or (record.get("client") != client.name and not client.reads_all_jobs):
         raise JobNotFound()
+    if wait_seconds > 0 and record.get("status") not in TERMINAL:
+        record = store.wait(job_id, wait_seconds)
+        if record is None:
+            raise JobNotFound()
     return record
+
+
+# A device may send this many photos in a row before its rate applies (a seller lists in bursts).
+DEVICE_BURST = 3
+
+
+@lru_cache(maxsize=1)
+def rate_limiter() -> RateLimiter:
+    return RateLimiter(redis_client())
+
+
+def recognition_rate_check(*, client: KeyPolicy, device_id: str | None) -> None:
+    """Take a token from the key's bucket (and its device's, for a key with a per-device rate),
+    or refuse the request with 429 rate_limited and when to come back."""
+    prefix = settings.REDIS_KEY_PREFIX
+    buckets = [Bucket(f"{prefix}ratelimit:{client.name}", client.rate, client.burst)]
+    if device_id and client.device_rate > 0:
+        device = hashlib.sha256(device_id.encode(errors="replace")).hexdigest()[:32]
+        buckets.append(Bucket(f"{prefix}ratelimit:{client.name}:device:{device}", client.device_rate,
+                              max(DEVICE_BURST, math.ceil(2 * client.device_rate))))
+    wait = rate_limiter().take(buckets)
+    if wait:
+        retry_after = retry_after_seconds(wait)
+        raise RateLimited(f"This API key (or this device) is over its rate of new jobs; retry in {retry_after} s.",
+                          retry_after=retry_after)
 
 
 def _valid_id(job_id: str) -> bool:

@@ -83,6 +83,7 @@ class RecognizeApi(APIView):
     )
     def post(self, request: Request) -> Response:
         wait = _wait_seconds(request)
+        services.recognition_rate_check(client=request.user.policy, device_id=request.headers.get("X-Device-Id"))
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if not length and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
             raise LengthRequired()
@@ -94,7 +95,7 @@ class RecognizeApi(APIView):
         if upload is None:
             raise ImageMissing()
         record = services.recognition_job_create(
-            data=upload.read(), client_name=request.user.name, request_id=request.request_id,
+            data=upload.read(), client=request.user.policy, request_id=request.request_id,
             wait_seconds=wait,
         )
         return _job_response(record)
@@ -111,7 +112,8 @@ class RecognitionDetailApi(APIView):
         examples=[_RESULT_EXAMPLE],
     )
     def get(self, request: Request, job_id: str) -> Response:
-        record = services.recognition_job_get(job_id=job_id, wait_seconds=_wait_seconds(request))
+        record = services.recognition_job_get(job_id=job_id, client=request.user.policy,
+                                              wait_seconds=_wait_seconds(request))
         return _job_response(record)
 
 

@@ -49,7 +49,8 @@ def reset_services() -> None:
         if services._listener is not None:
             services._listener.stop()
             services._listener = None
-    for cached in (services.redis_client, services.job_store, services.image_store):
+    for cached in (services.redis_client, services.job_store, services.image_store, services.rate_limiter,
+                   services.decode_budget):
         cached.cache_clear()
 
 

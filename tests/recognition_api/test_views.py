@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from common import heartbeat
+from common.apikeys import KeyPolicy
 from common.errors import ServiceUnavailable
 from common.queues import TASK_NAME, message_task
 from recognition_api import services
@@ -76,7 +77,7 @@ def test_a_failed_enqueue_answers_503_and_removes_the_job_and_the_photo(
 
     monkeypatch.setattr(services, "_celery", BrokenBroker)
     with pytest.raises(ServiceUnavailable):
-        services.recognition_job_create(data=photo().getvalue(), client_name="app", request_id="r1")
+        services.recognition_job_create(data=photo().getvalue(), client=KeyPolicy("app"), request_id="r1")
     assert api.stored_images() == []
     assert not api.redis.keys(f"{api.prefix}job:*")
 
