@@ -241,8 +241,12 @@ class WorkerProcess:
             self.jobs.renew(ctx.held(), worker=self.worker_id, lease_seconds=self.config.claim_lease_seconds)
             self._redis_took_beat_at = time.time()
         finally:
-            self.config.ready_file.parent.mkdir(parents=True, exist_ok=True)
-            self.config.ready_file.write_text(f"{self._redis_took_beat_at}\n")
+            # Written aside and renamed over the file: a probe never reads it half-written.
+            ready_file = self.config.ready_file
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = ready_file.with_name(f".{ready_file.name}.{os.getpid()}")
+            partial.write_text(f"{self._redis_took_beat_at}\n")
+            os.replace(partial, ready_file)
         tags = version_tags(ctx.model_version, queue_for(ctx.model_version))
         metrics = statsd()
         metrics.gauge("worker.model_load_time", self._load_seconds, tags=tags)
