@@ -1,10 +1,11 @@
 """Where uploaded photos wait for a worker: a local directory, or S3.
 
 Configured by one URL: ``file:///var/lib/recognition/images`` or
-``s3://bucket/prefix``. Keys are job ids, so a redelivered job finds its photo
-again. Photos expire after a TTL: the local store sweeps old files
-(``purge_expired``), the S3 store installs a bucket lifecycle rule on its prefix
-(S3 expires objects in whole days, so the effective TTL is rounded up to a day).
+``s3://bucket/prefix`` (a prefix is required). Keys are job ids, so a redelivered job
+finds its photo again. Photos expire after ``IMAGE_TTL_SECONDS``: the workers sweep a
+local store's old files (``purge_expired``); on S3 a bucket lifecycle rule scoped to the
+prefix expires them, installed once by ``python manage.py install_image_lifecycle``
+(``S3ImageStore.install_lifecycle``; S3 counts whole days, so the TTL is rounded up).
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class S3ImageStore:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        if not self.prefix:
+            # Photos expire by a lifecycle rule on the prefix: on a whole bucket it would expire
+            # everything else in it too.
+            raise ValueError(f"IMAGE_STORE_URL s3://{bucket} needs a prefix, e.g. s3://{bucket}/recognition")
         self.url = f"s3://{bucket}/{self.prefix}"
         self.client = boto3.client(
             "s3",
@@ -116,14 +121,22 @@ class S3ImageStore:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def purge_expired(self, ttl_seconds: int) -> int:
-        """Install (idempotently) a lifecycle rule that expires this prefix; S3 does the rest."""
-        days = max(1, -(-ttl_seconds // 86400))
-        rule = {
-            "ID": f"recognition-images-expire-{self.prefix or 'all'}",
-            "Filter": {"Prefix": f"{self.prefix}/" if self.prefix else ""},
+        """Nothing to do from a worker: S3 expires the photos by the prefix's lifecycle rule."""
+        return 0
+
+    def lifecycle_rule(self, ttl_seconds: int) -> dict:
+        """The rule that expires this store's photos, and nothing outside its prefix."""
+        return {
+            "ID": f"recognition-images-expire-{self.prefix}",
+            "Filter": {"Prefix": f"{self.prefix}/"},
             "Status": "Enabled",
-            "Expiration": {"Days": days},
+            "Expiration": {"Days": max(1, -(-ttl_seconds // 86400))},
         }
+
+    def install_lifecycle(self, ttl_seconds: int) -> bool:
+        """Install (idempotently) the prefix's lifecycle rule, keeping the bucket's other rules;
+        returns whether anything changed."""
+        rule = self.lifecycle_rule(ttl_seconds)
         try:
             current = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
         except self._client_error as exc:
@@ -131,13 +144,13 @@ class S3ImageStore:
                 raise
             current = []
         if rule in current:
-            return 0
+            return False
         # Keep the bucket's other rules; replace only ours.
         rules = [r for r in current if r.get("ID") != rule["ID"]] + [rule]
         self.client.put_bucket_lifecycle_configuration(
             Bucket=self.bucket, LifecycleConfiguration={"Rules": rules}
         )
-        return 0
+        return True
 
 
 def image_store_from_url(url: str, *, s3_endpoint_url: str | None = None) -> ImageStore:

@@ -69,7 +69,10 @@ REDIS_WAIT_TIMEOUT_MS = env_int("REDIS_WAIT_TIMEOUT_MS", 500, minimum=1)
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "recog:")
 # Redis calls from request handlers fail fast rather than hang a client.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 5.0, minimum=0.1)
+# Job records (with their results) and the uploaded photos are kept apart: a result may be
+# read long after its photo is gone. A photo must outlive its job's deadline.
 JOB_TTL_SECONDS = env_int("JOB_TTL_SECONDS", 86400, minimum=60)
+IMAGE_TTL_SECONDS = env_int("IMAGE_TTL_SECONDS", JOB_TTL_SECONDS, minimum=60)
 
 # --- Upload limits -------------------------------------------------------------------
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
@@ -119,6 +122,11 @@ MAX_WAIT_SECONDS = env_float("MAX_WAIT_SECONDS", 30.0, minimum=0, maximum=120)
 # fit; workers skip a job whose deadline passed (failed, deadline_exceeded).
 JOB_DEADLINE_SECONDS = env_float("JOB_DEADLINE_SECONDS", 600.0, minimum=1)
 WAIT_GRACE_SECONDS = env_float("WAIT_GRACE_SECONDS", 10.0, minimum=0)
+if IMAGE_TTL_SECONDS < JOB_DEADLINE_SECONDS:
+    raise ConfigurationError(
+        f"IMAGE_TTL_SECONDS={IMAGE_TTL_SECONDS} is below JOB_DEADLINE_SECONDS={JOB_DEADLINE_SECONDS:g}: "
+        "a photo must last until its job's deadline"
+    )
 ADMISSION_WINDOW_SECONDS = env_int("ADMISSION_WINDOW_SECONDS", 10, minimum=2, maximum=60)
 # The share of a client's wait that the estimate (a mean) may fill: jobs finish around it, the
 # slowest about a batch's time later, and the admitted ones should finish within the wait.

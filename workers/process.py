@@ -82,6 +82,7 @@ class WorkerConfig:
     max_batch_seconds: float = 120.0
     check_volume: bool = True
     sweep_interval_seconds: float = 300.0
+    image_ttl_seconds: int = 86400
     decode_budget_bytes: int = 0  # 0: DECODE_BUDGET_FRACTION (0.25) of the memory limit
     decode_wait_seconds: float = 30.0
 
@@ -104,6 +105,7 @@ class WorkerConfig:
             batch_max_wait_ms=settings.BATCH_MAX_WAIT_MS,
             max_batch_seconds=settings.WORKER_MAX_BATCH_SECONDS,
             check_volume=settings.WORKER_CHECK_VOLUME,
+            image_ttl_seconds=settings.IMAGE_TTL_SECONDS,
             decode_budget_bytes=settings.DECODE_BUDGET_BYTES or default_budget_bytes(settings.DECODE_BUDGET_FRACTION),
             decode_wait_seconds=settings.WORKER_DECODE_WAIT_SECONDS,
         )
@@ -339,8 +341,8 @@ class WorkerProcess:
         return queue
 
     def sweep(self) -> int:
-        """Remove images older than the job TTL; returns how many."""
-        removed = self.images.purge_expired(self.config.job_ttl_seconds)
+        """Remove a local store's images older than IMAGE_TTL_SECONDS; returns how many."""
+        removed = self.images.purge_expired(self.config.image_ttl_seconds)
         if removed:
             logger.info("expired images removed", extra={"count": removed})
         return removed

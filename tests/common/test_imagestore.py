@@ -75,7 +75,7 @@ def test_the_s3_store_talks_to_a_real_s3_endpoint(s3_endpoint: str, aws_env: Non
         store.get("job1")
 
 
-def test_the_s3_store_expires_images_with_a_lifecycle_rule_and_keeps_other_rules(
+def test_the_s3_store_expires_images_with_a_rule_on_its_prefix_installed_once_keeping_other_rules(
     s3_endpoint: str, aws_env: None
 ) -> None:
     raw = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -83,10 +83,50 @@ def test_the_s3_store_expires_images_with_a_lifecycle_rule_and_keeps_other_rules
     other = {"ID": "logs", "Filter": {"Prefix": "logs/"}, "Status": "Enabled", "Expiration": {"Days": 30}}
     raw.put_bucket_lifecycle_configuration(Bucket="photos2", LifecycleConfiguration={"Rules": [other]})
     store = image_store_from_url("s3://photos2/uploads", s3_endpoint_url=s3_endpoint)
-    store.purge_expired(ttl_seconds=3600)
-    store.purge_expired(ttl_seconds=3600)  # idempotent
+    assert store.purge_expired(3600) == 0  # a worker's sweep never touches the bucket's rules
+    assert raw.get_bucket_lifecycle_configuration(Bucket="photos2")["Rules"] == [other]
+    assert store.install_lifecycle(ttl_seconds=3600) is True
+    assert store.install_lifecycle(ttl_seconds=3600) is False  # idempotent
     rules = {r["ID"]: r for r in raw.get_bucket_lifecycle_configuration(Bucket="photos2")["Rules"]}
     assert set(rules) == {"logs", "recognition-images-expire-uploads"}
     mine = rules["recognition-images-expire-uploads"]
     assert mine["Expiration"]["Days"] == 1
     assert mine["Filter"]["Prefix"] == "uploads/"
+
+
+def test_an_s3_store_without_a_prefix_is_refused() -> None:
+    for url in ("s3://photos", "s3://photos/", "s3://photos//"):
+        with pytest.raises(ValueError, match="needs a prefix"):
+            image_store_from_url(url)
+
+
+def test_the_lifecycle_command_installs_the_rule_for_the_configured_store(
+    s3_endpoint: str, aws_env: None, settings,  # type: ignore[no-untyped-def]
+) -> None:
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="photos3")
+    settings.IMAGE_STORE_URL = "s3://photos3/recognition"
+    settings.S3_ENDPOINT_URL = s3_endpoint
+    settings.IMAGE_TTL_SECONDS = 3 * 86400
+    out = io.StringIO()
+    call_command("install_image_lifecycle", "--dry-run", stdout=out)
+    assert '"Days": 3' in out.getvalue() and '"Prefix": "recognition/"' in out.getvalue()
+    assert "NoSuchLifecycleConfiguration" in _lifecycle_error(s3_endpoint, "photos3")
+    call_command("install_image_lifecycle", stdout=out)
+    call_command("install_image_lifecycle", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines.count("installed") == 1 and lines.count("already installed") == 1
+    settings.IMAGE_STORE_URL = "file:///tmp/images"
+    with pytest.raises(CommandError, match="not on S3"):
+        call_command("install_image_lifecycle", stdout=out)
+
+
+def _lifecycle_error(endpoint: str, bucket: str) -> str:
+    try:
+        boto3.client("s3", endpoint_url=endpoint).get_bucket_lifecycle_configuration(Bucket=bucket)
+    except Exception as exc:  # noqa: BLE001  (the error's text is what is checked)
+        return str(exc)
+    return ""

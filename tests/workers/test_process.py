@@ -39,8 +39,8 @@ def config(tmp_path: Path, key_prefix: str, version: str) -> WorkerConfig:
     return WorkerConfig(
         model_root=tmp_path / "models", model_name="reference", version=version, default_version=version,
         key_prefix=key_prefix, ready_file=tmp_path / "ready", heartbeat_seconds=1.0,
-        reaper_interval_seconds=10.0, job_ttl_seconds=3600, job_lease_seconds=0.05, claim_lease_seconds=0.05,
-        max_deliveries=3, batch_max_size=4, batch_max_wait_ms=1.0,
+        reaper_interval_seconds=10.0, job_ttl_seconds=7200, image_ttl_seconds=3600, job_lease_seconds=0.05,
+        claim_lease_seconds=0.05, max_deliveries=3, batch_max_size=4, batch_max_wait_ms=1.0,
     )
 
 
@@ -151,10 +151,10 @@ def test_only_one_worker_reaps_in_an_interval(
     assert len(queued_tasks(redis_client, queue_for(version))) == 1
 
 
-def test_the_sweep_removes_images_older_than_the_job_ttl(process: WorkerProcess, config: WorkerConfig) -> None:
+def test_the_sweep_removes_images_older_than_the_image_ttl(process: WorkerProcess, config: WorkerConfig) -> None:
     process.images.put("old", b"x", "image/jpeg")
     process.images.put("new", b"y", "image/jpeg")
-    stale = time.time() - config.job_ttl_seconds - 60
+    stale = time.time() - config.image_ttl_seconds - 60
     os.utime(process.images.root / "old", (stale, stale))
     assert process.sweep() == 1
     assert process.images.get("new") == b"y"
