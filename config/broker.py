@@ -27,6 +27,7 @@ from celery.app.amqp import AMQP as CeleryAMQP
 from kombu import Connection as KombuConnection
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from common.env import env_float
 
@@ -42,8 +43,18 @@ class Channel(_SurvivingChannel):
     pass
 
 
+# A full Redis (maxmemory, noeviction) refuses the write that records a message the worker just
+# took as unacknowledged; kombu lets that error out of its event loop and the worker process
+# ends (and reloads its model). Counted as a connection error instead, it makes the consumer
+# reconnect every few seconds until Redis has room again. The message taken meanwhile could not
+# be recorded anywhere (Redis refuses every write); its job is sent again by the reaper when the
+# job's lease runs out.
+_CONNECTION_ERRORS = kombu_redis.Transport.connection_errors + (RedisOutOfMemoryError,)
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    connection_errors = _CONNECTION_ERRORS
 
 
 # The Sentinel channel builds its pool through ``_connparams`` too (then asks a sentinel for
@@ -54,6 +65,7 @@ class SentinelChannel(_SurvivingChannel, kombu_redis.SentinelChannel):
 
 class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
+    connection_errors = _CONNECTION_ERRORS
 
 
 # Celery's consumer reconnects through ``Connection.ensure_connection`` with kombu's default

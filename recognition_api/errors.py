@@ -43,7 +43,11 @@ def error_response(
 def exception_handler(exc: Exception, context: dict) -> Response:
     from django.conf import settings
 
-    if isinstance(exc, redis.RedisError):
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        # maxmemory with noeviction: Redis refuses writes rather than drop queued jobs.
+        logger.error("redis is full: %s", exc)
+        exc = ServiceUnavailable("The job store is full; retry later.")
+    elif isinstance(exc, redis.RedisError):
         logger.warning("redis unavailable: %s", exc)
         exc = ServiceUnavailable()
     if isinstance(exc, RecognitionError):

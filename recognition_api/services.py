@@ -183,7 +183,9 @@ def _job_enqueue(
                              queue=routed.queue)
         except Exception as exc:
             store.delete(job_id)
-            logger.warning("enqueue failed: %s", exc)
+            logger.warning("enqueue failed: %s: %s", type(exc).__name__, exc)
+            if _redis_full(exc):
+                raise ServiceUnavailable("The job store is full; retry later.") from exc
             raise ServiceUnavailable("The job queue is unavailable; retry shortly.") from exc
         if settings.REDIS_WAIT_REPLICAS:
             _job_replicate(store=store, job_id=job_id)
@@ -206,6 +208,16 @@ def _job_replicate(*, store: JobStore, job_id: str) -> None:
         store.delete(job_id)
         logger.warning("job not replicated", extra={"job_id": job_id, "replicas": held, "wanted": wanted})
         raise NotReplicated(f"The job reached {held} of {wanted} Redis replicas in time; retry shortly.")
+
+
+def _redis_full(exc: BaseException | None) -> bool:
+    """Whether Redis refused a write for want of memory (maxmemory, noeviction), through whatever
+    kombu or redis-py wrapped it in (a pipeline's error names the command that failed)."""
+    while exc is not None:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _forget_image(job_id: str) -> None:
