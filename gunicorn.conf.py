@@ -9,7 +9,8 @@ import os
 
 bind = os.environ.get("API_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("API_PROCESSES", "2"))
-worker_class = "gthread"
+# gthread, with a deadline on reading each request: slow clients cannot hold every thread.
+worker_class = "recognition_api.gunicorn_worker.DeadlineThreadWorker"
 threads = int(os.environ.get("API_THREADS", "32"))
 # Above the longest allowed wait (MAX_WAIT_SECONDS, 30 by default) plus upload time.
 timeout = int(os.environ.get("API_TIMEOUT", "75"))
@@ -19,10 +20,8 @@ keepalive = 5
 limit_request_line = 8190
 limit_request_fields = 100
 accesslog = "-" if os.environ.get("API_ACCESS_LOG", "1") == "1" else None
-access_log_format = (
-    '{"time":"%(t)s","logger":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,'
-    '"bytes":%(B)s,"duration_ms":%(M)s,"request_id":"%({x-request-id}o)s"}'
-)
+# One JSON object per request, escaped by json.dumps whatever the path holds.
+logger_class = "recognition_api.gunicorn_worker.JsonAccessLogger"
 errorlog = "-"
 wsgi_app = "recognition_api.wsgi:application"
 # The control socket (a per-user path) would clash between API instances on one host.
