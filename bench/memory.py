@@ -16,10 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import Stack, stack_env, start_redis
+from harness import REFERENCE_MODEL_ROOT, one_worker_stack
 from harness.memory import bitmap_burst
 
-ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 
 
@@ -30,25 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-mb", type=int, default=0, help="DECODE_BUDGET_BYTES in MiB (0: the default)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the stack's processes")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from tests.support import REFERENCE_MODEL_ROOT
-
     extra = {"DECODE_BUDGET_BYTES": str(args.budget_mb * MB)} if args.budget_mb else {}
     extra.update(item.split("=", 1) for item in args.env)
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        redis_process, url = start_redis(tmp / "redis")
-        env, key = stack_env(tmp, url, model_root=REFERENCE_MODEL_ROOT, default_version="1", METRICS_ENABLED="false",
-                             LOG_LEVEL="WARNING", **extra)
-        stack = Stack(tmp, env, key, url)
-        try:
-            api = stack.start_api()
-            worker = stack.start_worker("1")
-            stack.wait_worker_ready(worker, "1")
-            burst = bitmap_burst(stack, api, worker, uploads=args.uploads, side=args.side)
-        finally:
-            stack.stop()
-            redis_process.kill()
+    with tempfile.TemporaryDirectory() as tmp, one_worker_stack(
+            Path(tmp), model_root=REFERENCE_MODEL_ROOT, METRICS_ENABLED="false", LOG_LEVEL="WARNING",
+            **extra) as (stack, api, worker):
+        burst = bitmap_burst(stack, api, worker, uploads=args.uploads, side=args.side)
     print(f"{burst.uploads} concurrent uploads of a {args.side}x{args.side} PNG "
           f"({burst.upload_bytes / 1024:.0f} KiB, {burst.decoded_bytes / MB:.0f} MiB of pixels); answers "
           f"{dict(burst.answers)}")

@@ -21,10 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness import Stack, stack_env, start_redis
+from harness import REFERENCE_MODEL_ROOT, one_worker_stack
 from harness.overload import overload
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def photo() -> bytes:
@@ -45,24 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause", type=float, default=10.0)
     parser.add_argument("--model-root", type=Path, default=None)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from tests.support import REFERENCE_MODEL_ROOT
-
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        redis_process, url = start_redis(tmp / "redis")
-        env, key = stack_env(tmp, url, model_root=args.model_root or REFERENCE_MODEL_ROOT, default_version="1",
-                             METRICS_ENABLED="false", LOG_LEVEL="WARNING", WORKER_HEARTBEAT_SECONDS="2")
-        stack = Stack(tmp, env, key, url)
-        try:
-            stack.start_api()
-            worker = stack.start_worker("1")
-            stack.wait_worker_ready(worker, "1")
-            result = overload(stack, photo(), clients=args.clients, wait_seconds=args.wait, seconds=args.seconds,
-                              pause_seconds=args.pause)
-        finally:
-            stack.stop()
-            redis_process.kill()
+    with tempfile.TemporaryDirectory() as tmp, one_worker_stack(
+            Path(tmp), model_root=args.model_root or REFERENCE_MODEL_ROOT, METRICS_ENABLED="false",
+            LOG_LEVEL="WARNING", WORKER_HEARTBEAT_SECONDS="2") as (stack, _, _):
+        result = overload(stack, photo(), clients=args.clients, wait_seconds=args.wait, seconds=args.seconds,
+                          pause_seconds=args.pause)
     row = result.row()
     width = max(len(k) for k in row)
     for name, value in row.items():

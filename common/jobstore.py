@@ -169,6 +169,15 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 return redis.call('HSETNX', KEYS[1], 'rescued:' .. ARGV[1], '1')
 """
 
+_WITHDRAW = """
+local fields = redis.call('HMGET', KEYS[1], 'model_version', 'client')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if fields[1] then redis.call('ZREM', ARGV[2] .. 'backlog:' .. fields[1], ARGV[1]) end
+if fields[2] then redis.call('ZREM', ARGV[2] .. 'keyjobs:' .. fields[2], ARGV[1]) end
+return 1
+"""
+
 # The first terminal write wins. A finish takes the job out of its version's backlog, and a
 # success counts towards the completion rate of the version that computed it (admission, above).
 _FINISH = """
@@ -234,6 +243,7 @@ class JobStore:
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
         self._rescue = self.client.register_script(_RESCUE)
+        self._withdraw = self.client.register_script(_WITHDRAW)
 
     # --- keys -------------------------------------------------------------------------
 
@@ -323,7 +333,9 @@ class JobStore:
         return int(pipe.execute()[-1])
 
     def delete(self, job_id: str) -> None:
-        self.client.delete(self.job_key(job_id))
+        """Withdraw a job the API could not promise (its message failed, or no replica has it):
+        the record and its places in the indexes, so that it counts in no backlog."""
+        self._withdraw(keys=[self.job_key(job_id), self.pending_key], args=[job_id, self.prefix])
 
     def get(self, job_id: str) -> dict[str, str] | None:
         raw = self.client.hgetall(self.job_key(job_id))

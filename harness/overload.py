@@ -49,8 +49,15 @@ class Overload:
 
 
 def overload(stack: Stack, photo: bytes, *, clients: int = 64, wait_seconds: float = 2.0, seconds: float = 60.0,
-             pause_seconds: float = 10.0, backoff: float = 1.0) -> Overload:
-    """``clients`` well-behaved clients (each waits a refusal's whole Retry-After, ``backoff``=1)."""
+             pause_seconds: float = 10.0, backoff: float = 1.0, warm_up_seconds: float = 5.0) -> Overload:
+    """``clients`` well-behaved clients (each waits a refusal's whole Retry-After, ``backoff``=1), on
+    a stack that has been serving: ``warm_up_seconds`` of 4 clients first (not counted), so that the
+    workers' completion rate is known, as it is in production. (Right after a cold start there is
+    no estimate yet, and a burst is admitted until there is.)"""
+    if warm_up_seconds > 0:
+        warm_up = Load(stack, photo, clients=4, wait_seconds=wait_seconds, backoff=backoff).start()
+        time.sleep(warm_up_seconds)
+        warm_up.stop()
     load = Load(stack, photo, clients=clients, wait_seconds=wait_seconds, backoff=backoff)
     load.start()
     time.sleep(seconds)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where scripts/setup builds the reference model's volumes (versions 1 and 2).
+REFERENCE_MODEL_ROOT = Path(os.environ.get("MODEL_ROOT", ROOT / "var" / "models"))
 
 
 def free_port() -> int:

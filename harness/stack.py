@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from harness.processes import ROOT, Process, free_port, spawn, wait_until
+from harness.processes import ROOT, Process, free_port, spawn, start_redis, wait_until
 
 
 @dataclass
@@ -116,3 +118,21 @@ def stack_env(
         **extra,
     }
     return env, key
+
+
+@contextmanager
+def one_worker_stack(tmp: Path, *, model_root: Path, version: str = "1",
+                     **extra: str) -> Iterator[tuple[Stack, Process, Process]]:
+    """A redis-server of its own, a Gunicorn API and one worker of ``version``, ready: (stack, API
+    process, worker process); all stopped afterwards. ``extra``: settings for every process."""
+    redis_process, url = start_redis(tmp / "redis")
+    env, key = stack_env(tmp, url, model_root=model_root, default_version=version, **extra)
+    stack = Stack(tmp, env, key, url)
+    try:
+        api = stack.start_api()
+        worker = stack.start_worker(version)
+        stack.wait_worker_ready(worker, version)
+        yield stack, api, worker
+    finally:
+        stack.stop()
+        redis_process.kill()

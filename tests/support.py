@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from harness import REFERENCE_MODEL_ROOT
 
-from harness import ROOT
-
-REFERENCE_MODEL_ROOT = Path(os.environ.get("MODEL_ROOT", ROOT / "var" / "models"))
+__all__ = ["REFERENCE_MODEL_ROOT"]

@@ -71,6 +71,18 @@ def test_a_job_whose_estimated_wait_is_over_its_budget_is_refused_as_late(store:
     assert fits.outcome == "ok"
 
 
+def test_a_withdrawn_job_leaves_no_trace_in_the_backlogs(store: JobStore, redis_client: redis.Redis) -> None:
+    job_id = store.new_id()
+    store.create(job_id=job_id, fields={"client": "app"}, default_version="1", max_queue_depth=0,
+                 canary_draw=0.5, client="app", client_max_jobs=5)
+    prefix = store.prefix
+    assert redis_client.zcard(f"{prefix}backlog:1") == redis_client.zcard(f"{prefix}keyjobs:app") == 1
+    store.delete(job_id)
+    assert store.get(job_id) is None
+    assert redis_client.zcard(f"{prefix}backlog:1") == redis_client.zcard(f"{prefix}keyjobs:app") == 0
+    assert redis_client.zscore(store.pending_key, job_id) is None
+
+
 def test_each_claim_counts_a_delivery_and_the_limit_ends_it(redis_client: redis.Redis, key_prefix: str) -> None:
     store = JobStore(redis_client, key_prefix, ttl_seconds=60, lease_seconds=0.0)  # every lease already over
     job_id, _ = create(store)

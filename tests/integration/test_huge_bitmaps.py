@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Process, Stack, stack_env, start_redis
+from harness import Process, Stack, one_worker_stack
 from harness.memory import bitmap_burst
 
 MB = 1024 * 1024
@@ -20,18 +20,9 @@ BUDGET = 1024 * MB
 
 @pytest.fixture
 def budget_stack(tmp_path: Path, reference_model_root: Path) -> Iterator[tuple[Stack, Process, Process]]:
-    redis_process, url = start_redis(tmp_path / "redis")
-    env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
-                         METRICS_ENABLED="false", DECODE_BUDGET_BYTES=str(BUDGET))
-    stack = Stack(tmp_path, env, key, url)
-    try:
-        api = stack.start_api()
-        worker = stack.start_worker("1")
-        stack.wait_worker_ready(worker, "1")
-        yield stack, api, worker
-    finally:
-        stack.stop()
-        redis_process.kill()
+    with one_worker_stack(tmp_path, model_root=reference_model_root, METRICS_ENABLED="false",
+                          DECODE_BUDGET_BYTES=str(BUDGET)) as running:
+        yield running
 
 
 @pytest.mark.chaos

@@ -12,38 +12,31 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness import Stack, stack_env, start_redis
+from harness import Process, Stack, one_worker_stack
 from harness.chaos import Row, model_loads
 from harness.overload import overload
 from tests.conftest import jpeg_bytes
 
 
 @pytest.fixture
-def one_worker_stack(tmp_path: Path, reference_model_root: Path) -> Iterator[Stack]:
-    redis_process, url = start_redis(tmp_path / "redis")
-    env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
-                         METRICS_ENABLED="false", WORKER_HEARTBEAT_SECONDS="2")
-    stack = Stack(tmp_path, env, key, url)
-    try:
-        stack.start_api()
-        stack.wait_worker_ready(stack.start_worker("1"), "1")
-        yield stack
-    finally:
-        stack.stop()
-        redis_process.kill()
+def stack_of_one(tmp_path: Path, reference_model_root: Path) -> Iterator[tuple[Stack, Process, Process]]:
+    with one_worker_stack(tmp_path, model_root=reference_model_root, METRICS_ENABLED="false",
+                          WORKER_HEARTBEAT_SECONDS="2") as running:
+        yield running
 
 
 @pytest.mark.chaos
 def test_the_excess_of_an_overload_is_refused_and_the_admitted_jobs_finish_in_time(
-    one_worker_stack: Stack, coffee: Image.Image, chaos_rows: list[Row],
+    stack_of_one: tuple[Stack, Process, Process], coffee: Image.Image, chaos_rows: list[Row],
 ) -> None:
-    result = overload(one_worker_stack, jpeg_bytes(coffee, quality=90), clients=64, wait_seconds=2,
+    stack, _, worker = stack_of_one
+    result = overload(stack, jpeg_bytes(coffee, quality=90), clients=64, wait_seconds=2,
                       seconds=20, pause_seconds=5)
     outcome = result.outcome
     print(f"overload: {result.row()}; Retry-After {dict(result.retry_after)}", file=sys.stderr)
     chaos_rows.append(Row.of("64 clients ?wait=2 for 20 s at one worker (overload)", outcome,
                              recover_s=result.recovery_seconds,
-                             model_reloads=model_loads(one_worker_stack.processes[1].output()) - 1))
+                             model_reloads=model_loads(worker.output()) - 1))
     assert result.rejected > 0, f"nothing was refused: {outcome.answers}"
     assert result.retry_after and all(int(value) >= 1 for value in result.retry_after), result.retry_after
     assert outcome.accepted > 100 and outcome.lost == 0 and outcome.failed == 0, outcome

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Process, Stack, stack_env, start_redis, wait_until
+from harness import Process, Stack, one_worker_stack, wait_until
 from harness.chaos import model_loads
 from harness.load import Load
 from tests.conftest import jpeg_bytes, solid
@@ -19,21 +19,11 @@ from tests.conftest import jpeg_bytes, solid
 
 @pytest.fixture
 def small_redis_stack(tmp_path: Path, reference_model_root: Path) -> Iterator[tuple[Stack, Process]]:
-    redis_process, url = start_redis(tmp_path / "redis")
     # A worker that takes a message while Redis is full cannot record it anywhere (Redis refuses
     # every write): that job is sent again by the reaper once its lease is over, here 15 s.
-    env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
-                         METRICS_ENABLED="false", API_KEY_RATE="0", JOB_LEASE_SECONDS="15",
-                         REAPER_INTERVAL_SECONDS="1")
-    stack = Stack(tmp_path, env, key, url)
-    try:
-        stack.start_api()
-        worker = stack.start_worker("1")
-        stack.wait_worker_ready(worker, "1")
+    with one_worker_stack(tmp_path, model_root=reference_model_root, METRICS_ENABLED="false", API_KEY_RATE="0",
+                          JOB_LEASE_SECONDS="15", REAPER_INTERVAL_SECONDS="1") as (stack, _, worker):
         yield stack, worker
-    finally:
-        stack.stop()
-        redis_process.kill()
 
 
 @pytest.mark.chaos

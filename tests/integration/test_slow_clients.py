@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from harness import Stack, stack_env, start_redis
+from harness import Stack, one_worker_stack
 from tests.conftest import jpeg_bytes, solid
 
 GRACE = 3.0  # REQUEST_READ_GRACE_SECONDS for this stack (10 by default)
@@ -24,17 +24,9 @@ GRACE = 3.0  # REQUEST_READ_GRACE_SECONDS for this stack (10 by default)
 
 @pytest.fixture
 def api_stack(tmp_path: Path, reference_model_root: Path) -> Iterator[Stack]:
-    redis_process, url = start_redis(tmp_path / "redis")
-    env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
-                         METRICS_ENABLED="false", REQUEST_READ_GRACE_SECONDS=str(GRACE), API_ACCESS_LOG="1")
-    stack = Stack(tmp_path, env, key, url)
-    try:
-        stack.start_api()
-        stack.wait_worker_ready(stack.start_worker("1"), "1")
+    with one_worker_stack(tmp_path, model_root=reference_model_root, METRICS_ENABLED="false",
+                          REQUEST_READ_GRACE_SECONDS=str(GRACE), API_ACCESS_LOG="1") as (stack, _, _):
         yield stack
-    finally:
-        stack.stop()
-        redis_process.kill()
 
 
 class Trickler(threading.Thread):
