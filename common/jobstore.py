@@ -85,7 +85,8 @@ if budget > 0 and backlog > 0 then
     end
   end
 end
-redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 13))
+if ARGV[13] == '1' then return {'ok', version, queue} end  -- only asked whether it would be admitted
+redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 14))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 redis.call('ZADD', backlog_key, now, ARGV[7])
@@ -279,10 +280,12 @@ class JobStore:
         rate_window_seconds: int = 10,
         client: str = "",
         client_max_jobs: int = 0,
+        dry_run: bool = False,
     ) -> Routed:
         """Create and route the job, unless its version's queue is over ``max_queue_depth``, the
         estimated wait for it is over ``budget_seconds`` (0: no estimate), or ``client`` already
-        has ``client_max_jobs`` unfinished jobs (0: no limit)."""
+        has ``client_max_jobs`` unfinished jobs (0: no limit). ``dry_run``: only say whether it
+        would be admitted now, writing nothing (a cheap refusal before an upload is read)."""
         now = time.time()
         record = {"id": job_id, "status": QUEUED, "created_at": repr(now), "deliveries": "0"}
         record.update({k: _to_str(v) for k, v in fields.items()})
@@ -304,6 +307,7 @@ class JobStore:
                 str(int(rate_window_seconds)),
                 client,
                 str(int(client_max_jobs)),
+                "1" if dry_run else "0",
                 *flat,
             ],
         )

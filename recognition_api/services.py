@@ -25,7 +25,7 @@ from common.errors import JobNotFound, NoActiveModel, NotReplicated, QueueFull, 
 from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
-from common.jobstore import TERMINAL, JobStore
+from common.jobstore import TERMINAL, JobStore, Routed
 from common.membudget import DecodeBudget, default_budget_bytes
 from common.queues import recognition_send
 from common.ratelimit import Bucket, RateLimiter, retry_after_seconds
@@ -118,7 +118,7 @@ def recognition_job_create(
     }
     # The job's budget (what the estimated wait must fit in) and its deadline (after which a
     # worker skips it): a waiting client's wait, or the horizon of an asynchronous job.
-    budget = wait_seconds if wait_seconds > 0 else settings.JOB_DEADLINE_SECONDS
+    budget = _budget(wait_seconds)
     grace = settings.WAIT_GRACE_SECONDS if wait_seconds > 0 else 0.0
     fields["deadline"] = repr(time.time() + budget + grace)
     if listener is not None:
@@ -145,39 +145,7 @@ def _job_enqueue(
 ) -> None:
     image_store().put(job_id, data, content_type)
     try:
-        routed = store.create(
-            job_id=job_id,
-            fields=fields,
-            default_version=settings.DEFAULT_MODEL_VERSION,
-            max_queue_depth=settings.MAX_QUEUE_DEPTH,
-            canary_draw=random.random(),
-            budget_seconds=budget_seconds * settings.ADMISSION_TARGET,
-            rate_window_seconds=settings.ADMISSION_WINDOW_SECONDS,
-            client=client.name,
-            client_max_jobs=client.max_jobs,
-        )
-        if routed.outcome == "key_full":
-            raise RateLimited(
-                f"This API key already has {routed.backlog} unfinished jobs, its share of the queue; "
-                "retry when some have finished.",
-                retry_after=settings.RETRY_AFTER_SECONDS,
-            )
-        if routed.outcome == "full":
-            raise QueueFull(
-                f"{routed.depth} photos are already waiting for model version "
-                f"{routed.version}; retry shortly."
-            )
-        if routed.outcome == "late":
-            # The wait that would fit: the backlog drained to what the budget allows.
-            retry_after = max(1, math.ceil(routed.wait_seconds - budget_seconds * settings.ADMISSION_TARGET))
-            raise QueueFull(
-                f"About {routed.wait_seconds:.0f} s of work ({routed.backlog} photos at "
-                f"{routed.rate:.1f}/s) is ahead for model version {routed.version}, more than the "
-                f"{budget_seconds:g} s this request allows; retry in {retry_after} s.",
-                retry_after=retry_after,
-            )
-        if routed.outcome != "ok":
-            raise NoActiveModel()
+        routed = _admit(store=store, job_id=job_id, fields=fields, client=client, budget_seconds=budget_seconds)
         try:
             recognition_send(_celery(), job_id=job_id, request_id=str(fields["request_id"]),
                              queue=routed.queue)
@@ -196,6 +164,60 @@ def _job_enqueue(
         "job queued",
         extra={"job_id": job_id, "model_version": routed.version, "client": client.name},
     )
+
+
+def recognition_admission_check(*, client: KeyPolicy, wait_seconds: float) -> None:
+    """Refuse now, before the upload is read, a job that would be refused anyway: its key's share
+    of the queue is full, or the estimated time is over what its client waits. Nothing is written;
+    the job's creation checks again, atomically."""
+    _admit(store=job_store(), job_id=JobStore.new_id(), fields={}, client=client,
+           budget_seconds=_budget(wait_seconds), dry_run=True)
+
+
+def _budget(wait_seconds: float) -> float:
+    return wait_seconds if wait_seconds > 0 else settings.JOB_DEADLINE_SECONDS
+
+
+def _admit(
+    *, store: JobStore, job_id: str, fields: dict[str, object], client: KeyPolicy, budget_seconds: float,
+    dry_run: bool = False,
+) -> Routed:
+    """Route the job (create it, unless ``dry_run``), or raise what its refusal answers."""
+    routed = store.create(
+        job_id=job_id,
+        fields=fields,
+        default_version=settings.DEFAULT_MODEL_VERSION,
+        max_queue_depth=settings.MAX_QUEUE_DEPTH,
+        canary_draw=random.random(),
+        budget_seconds=budget_seconds * settings.ADMISSION_TARGET,
+        rate_window_seconds=settings.ADMISSION_WINDOW_SECONDS,
+        client=client.name,
+        client_max_jobs=client.max_jobs,
+        dry_run=dry_run,
+    )
+    if routed.outcome == "key_full":
+        raise RateLimited(
+            f"This API key already has {routed.backlog} unfinished jobs, its share of the queue; "
+            "retry when some have finished.",
+            retry_after=settings.RETRY_AFTER_SECONDS,
+        )
+    if routed.outcome == "full":
+        raise QueueFull(
+            f"{routed.depth} photos are already waiting for model version "
+            f"{routed.version}; retry shortly."
+        )
+    if routed.outcome == "late":
+        # The wait that would fit: the backlog drained to what the budget allows.
+        retry_after = max(1, math.ceil(routed.wait_seconds - budget_seconds * settings.ADMISSION_TARGET))
+        raise QueueFull(
+            f"About {routed.wait_seconds:.0f} s of work ({routed.backlog} photos at "
+            f"{routed.rate:.1f}/s) is ahead for model version {routed.version}, more than the "
+            f"{budget_seconds:g} s this request allows; retry in {retry_after} s.",
+            retry_after=retry_after,
+        )
+    if routed.outcome != "ok":
+        raise NoActiveModel()
+    return routed
 
 
 def _job_replicate(*, store: JobStore, job_id: str) -> None:

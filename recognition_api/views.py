@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.errors import ImageMissing, ImageTooLarge, InvalidParameter, LengthRequired
+from common.errors import ImageMissing, ImageTooLarge, InvalidParameter, LengthRequired, RecognitionError
 from recognition_api import services
 from recognition_api.representations import job_representation
 from recognition_api.serializers import (
@@ -65,6 +65,14 @@ def _job_response(record: dict[str, str]) -> Response:
     return response
 
 
+def _discard_body(request: Request) -> None:
+    """Read the rest of the request body, in chunks, without keeping it (bounded by Content-Length,
+    which the view has checked)."""
+    stream = request._request  # Django's request: its raw stream, unparsed
+    while stream.read(64 * 1024):
+        pass
+
+
 class RecognizeApi(APIView):
     """POST /recognize and /v1/recognize."""
 
@@ -91,6 +99,12 @@ class RecognizeApi(APIView):
             raise ImageTooLarge(
                 f"The upload is {length:,} bytes; the image limit is {settings.MAX_UPLOAD_BYTES:,} bytes."
             )
+        # Before the upload is parsed, checked and stored: a refusal costs the API next to nothing.
+        try:
+            services.recognition_admission_check(client=request.user.policy, wait_seconds=wait)
+        except RecognitionError:
+            _discard_body(request)  # read, so that the client gets to read the answer
+            raise
         upload = request.FILES.get("image")
         if upload is None:
             raise ImageMissing()
