@@ -63,3 +63,22 @@ def test_a_key_holding_its_share_of_the_queue_waits_for_its_jobs_to_finish(api: 
     assert post(keys["app"]).status_code == 202  # the others still get in
     api.jobs().fail(first, "image_decode_failed", "x", model_version=api.version)
     assert post(keys["batch"]).status_code == 202  # a finished job frees its place
+
+
+def test_a_late_job_is_refused_before_its_upload_is_stored(api: Api, settings) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    jobs = api.jobs()
+    ids = []
+    for _ in range(30):  # a backlog, and a completion rate to estimate its wait with
+        ids.append(jobs.new_id())
+        jobs.create(job_id=ids[-1], fields={}, default_version=api.version, max_queue_depth=0, canary_draw=0.5)
+    for job_id in ids[:10]:
+        jobs.succeed(job_id, result={}, timings={}, model_version=api.version)
+    time.sleep(1.1)  # completions are counted by the second
+    refused = api.client.post("/v1/recognize?wait=1", {"image": photo()}, format="multipart")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "queue_full"
+    assert int(refused["Retry-After"]) >= 1
+    assert "more than the 1 s this request allows" in refused.json()["error"]["message"]
+    assert api.stored_images() == [] and api.messages() == []
+    assert api.client.post("/v1/recognize", {"image": photo()}, format="multipart").status_code == 202  # async fits
