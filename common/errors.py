@@ -68,6 +68,12 @@ class ImageTooSmall(InvalidInput):
     http_status = 422
 
 
+class ImageTooManyScans(InvalidInput):
+    code = "image_too_many_scans"
+    http_status = 422
+    default_message = "The JPEG has too many progressive scans to decode at a bounded cost; re-encode it."
+
+
 class LengthRequired(InvalidInput):
     code = "length_required"
     http_status = 411

@@ -31,6 +31,7 @@ from common.errors import (
     ImageNotAnImage,
     ImageTooLarge,
     ImageTooManyPixels,
+    ImageTooManyScans,
     ImageTooSmall,
     ImageUnsupportedFormat,
 )
@@ -112,7 +113,7 @@ def inspect_image(
         mode = image.mode
         try:
             orientation = _check_without_full_decode(image, fmt, data, budget, budget_wait)
-        except DecodeBusy:
+        except (DecodeBusy, ImageTooManyScans):
             raise
         except Image.DecompressionBombError as exc:
             raise _too_many_pixels(max_pixels) from exc
@@ -126,11 +127,33 @@ def inspect_image(
     return ImageInfo(public, content_type, width, height, mode, frames)
 
 
+# A progressive JPEG is decoded once per scan over the whole image: a few hundred KB can hold
+# thousands of scans (each a marker and a few bytes) and cost minutes of CPU. Cameras and encoders
+# write at most a dozen or so.
+MAX_JPEG_SCANS = 64
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The JPEG's start-of-scan markers. Entropy-coded data escapes every 0xFF byte (0xFF00), so
+    FF DA occurs only as a marker (an EXIF thumbnail's scans count too: a small overcount)."""
+    return data.count(b"\xff\xda")
+
+
+def _check_scans(data: bytes) -> None:
+    scans = jpeg_scans(data)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooManyScans(
+            f"The JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted. Re-encode it (baseline or a "
+            "standard progressive JPEG)."
+        )
+
+
 def _check_without_full_decode(
     image: Image.Image, fmt: str, data: bytes, budget: DecodeBudget | None, budget_wait: float,
 ) -> int:
     """A bounded integrity check; returns the EXIF orientation (1 when none)."""
     if fmt in ("JPEG", "MPO"):
+        _check_scans(data)
         image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
         with _reserved(budget, _decoded_bytes(image), budget_wait):
             image.load()
@@ -194,6 +217,7 @@ def decode_rgb(
             raise ImageDecodeFailed("The image has too many pixels.")
         image.seek(0)
         if image.format in ("JPEG", "MPO"):
+            _check_scans(data)
             image.draft("RGB", (max_side, max_side))
         with _reserved(budget, _decoded_bytes(image), budget_wait):
             image.load()
@@ -204,6 +228,8 @@ def decode_rgb(
             return np.asarray(image)
     except (ImageDecodeFailed, DecodeBusy):
         raise
+    except ImageTooManyScans as exc:
+        raise ImageDecodeFailed(exc.message) from exc
     except Exception as exc:
         raise ImageDecodeFailed(f"The image could not be decoded: {exc}") from exc
 

@@ -193,3 +193,19 @@ def test_a_decode_waits_for_its_share_of_the_budget_and_gives_up_with_a_503_erro
     assert raised.value.http_status == 503 and raised.value.code == "overloaded"
     assert decode_rgb(data, max_side=64, budget=budget, budget_wait=0.05).shape == (43, 64, 3)
     assert budget.in_flight == 0
+
+
+def test_a_jpeg_with_more_scans_than_allowed_is_refused_before_it_is_decoded(coffee: Image.Image) -> None:
+    from common.imaging import MAX_JPEG_SCANS, jpeg_scans
+
+    progressive = jpeg_bytes(coffee, progressive=True)
+    assert 1 < jpeg_scans(progressive) <= MAX_JPEG_SCANS  # what encoders write passes
+    assert inspect(progressive).format == "jpeg"
+    # Start-of-scan markers past the bound (here in a comment segment, which is counted too: the
+    # check reads markers, not the decoder's state).
+    comment = b"\xff\xda" * MAX_JPEG_SCANS
+    many = progressive[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + progressive[2:]
+    with pytest.raises(errors.ImageTooManyScans, match=f"at most {MAX_JPEG_SCANS}"):
+        inspect(many)
+    with pytest.raises(errors.ImageDecodeFailed, match="scans"):
+        decode_rgb(many, max_side=64)
