@@ -168,7 +168,7 @@ def _job_enqueue(
 
 def recognition_admission_check(*, client: KeyPolicy, wait_seconds: float) -> None:
     """Refuse now, before the upload is read, a job that would be refused anyway: its key's share
-    of the queue is full, or the estimated time is over what its client waits. Nothing is written;
+    of the queue is full, or the estimated time is over what its client waits. Nothing is created;
     the job's creation checks again, atomically."""
     _admit(store=job_store(), job_id=JobStore.new_id(), fields={}, client=client,
            budget_seconds=_budget(wait_seconds), dry_run=True)
