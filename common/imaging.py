@@ -175,8 +175,7 @@ def _check_without_full_decode(
 def _decoded_bytes(image: Image.Image) -> int:
     """What decoding ``image`` (at its current, maybe drafted, size) holds at its peak: the pixels,
     and as much again for the conversions after (orientation, RGB, the downscale)."""
-    bands = len(image.getbands()) if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N") else 2
-    return image.width * image.height * max(bands, 3) * 2
+    return image.width * image.height * max(len(image.getbands()), 3) * 2
 
 
 @contextmanager

@@ -76,8 +76,9 @@ def memory_limit_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def default_budget_bytes(fraction: float) -> int:
-    return max(64 * 1024 * 1024, int(memory_limit_bytes() * fraction))
+def budget_bytes(configured: int, fraction: float) -> int:
+    """``configured`` bytes, or (0) ``fraction`` of the memory limit, at least 64 MiB."""
+    return configured or max(64 * 1024 * 1024, int(memory_limit_bytes() * fraction))
 
 
 def release_free_memory() -> bool:

@@ -26,7 +26,7 @@ from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
 from common.jobstore import TERMINAL, JobStore, Routed
-from common.membudget import DecodeBudget, default_budget_bytes
+from common.membudget import DecodeBudget, budget_bytes
 from common.queues import recognition_send
 from common.ratelimit import Bucket, RateLimiter, retry_after_seconds
 from common.redisconn import RedisTarget
@@ -81,7 +81,7 @@ def _celery():  # type: ignore[no-untyped-def]
 
 @lru_cache(maxsize=1)
 def decode_budget() -> DecodeBudget:
-    return DecodeBudget(settings.DECODE_BUDGET_BYTES or default_budget_bytes(settings.DECODE_BUDGET_FRACTION))
+    return DecodeBudget(budget_bytes(settings.DECODE_BUDGET_BYTES, settings.DECODE_BUDGET_FRACTION))
 
 
 def image_validate(*, data: bytes) -> ImageInfo:

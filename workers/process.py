@@ -43,7 +43,7 @@ import redis
 from common import heartbeat
 from common.imagestore import ImageStore, image_store_from_url
 from common.jobstore import JobStore
-from common.membudget import DecodeBudget, default_budget_bytes
+from common.membudget import DecodeBudget, budget_bytes
 from common.metrics import statsd, version_tags
 from common.queues import TaskSender, queue_depth, queue_for, recognition_send, taken_before
 from common.redisconn import RedisTarget
@@ -83,7 +83,8 @@ class WorkerConfig:
     check_volume: bool = True
     sweep_interval_seconds: float = 300.0
     image_ttl_seconds: int = 86400
-    decode_budget_bytes: int = 0  # 0: DECODE_BUDGET_FRACTION (0.25) of the memory limit
+    decode_budget_bytes: int = 0  # 0: decode_budget_fraction of the memory limit
+    decode_budget_fraction: float = 0.25
     decode_wait_seconds: float = 30.0
 
     @classmethod
@@ -106,7 +107,8 @@ class WorkerConfig:
             max_batch_seconds=settings.WORKER_MAX_BATCH_SECONDS,
             check_volume=settings.WORKER_CHECK_VOLUME,
             image_ttl_seconds=settings.IMAGE_TTL_SECONDS,
-            decode_budget_bytes=settings.DECODE_BUDGET_BYTES or default_budget_bytes(settings.DECODE_BUDGET_FRACTION),
+            decode_budget_bytes=settings.DECODE_BUDGET_BYTES,
+            decode_budget_fraction=settings.DECODE_BUDGET_FRACTION,
             decode_wait_seconds=settings.WORKER_DECODE_WAIT_SECONDS,
         )
 
@@ -200,7 +202,8 @@ class WorkerProcess:
                                       max_deliveries=self.config.max_deliveries,
                                       claim_lease_seconds=self.config.claim_lease_seconds,
                                       decode_budget=DecodeBudget(
-                                          self.config.decode_budget_bytes or default_budget_bytes(0.25),
+                                          budget_bytes(self.config.decode_budget_bytes,
+                                                       self.config.decode_budget_fraction),
                                           trim_after_bytes=TRIM_AFTER_DECODE_BYTES),
                                       decode_wait_seconds=self.config.decode_wait_seconds)
         logger.info("model loaded", extra={
