@@ -90,6 +90,23 @@ class JobNotFound(RecognitionError):
     default_message = "No recognition job with this id (it may have expired)."
 
 
+class FeedbackConflict(RecognitionError):
+    """Feedback that the job cannot take (409): given already, or on an unfinished or failed job."""
+
+    code = "feedback_conflict"
+    http_status = 409
+
+
+class FeedbackExists(FeedbackConflict):
+    code = "feedback_exists"
+    default_message = "Feedback for this job was given already; it is kept once."
+
+
+class JobNotSucceeded(FeedbackConflict):
+    code = "job_not_succeeded"
+    default_message = "Feedback is taken only for a job that succeeded."
+
+
 # --- capacity and availability (429/503, always with Retry-After) ---------------------
 
 

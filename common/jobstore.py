@@ -86,12 +86,39 @@ if budget > 0 and backlog > 0 then
   end
 end
 if ARGV[13] == '1' then return {'ok', version, queue} end  -- only asked whether it would be admitted
-redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 14))
+redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 17))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 redis.call('ZADD', backlog_key, now, ARGV[7])
 if key_limit > 0 then redis.call('ZADD', key_jobs, now, ARGV[7]) end
-return {'ok', version, queue}
+-- A shadow copy for the shadow version, if one is set and drawn: the same photo and deadline,
+-- no client (never shown), not in any backlog; dropped, not queued, when its queue is behind.
+local shadow = redis.call('HGET', KEYS[1], 'shadow')
+if ARGV[14] == '' or not shadow or shadow == '' or shadow == version then return {'ok', version, queue} end
+local fraction = tonumber(redis.call('HGET', KEYS[1], 'shadow_fraction') or '0') or 0
+if tonumber(ARGV[15]) >= fraction then return {'ok', version, queue} end
+local shadow_queue = ARGV[5] .. shadow
+if redis.call('LLEN', shadow_queue) >= tonumber(ARGV[16]) then
+  local stats = ARGV[9] .. 'stats:' .. shadow .. ':' .. math.floor(now / 60)
+  redis.call('HINCRBY', stats, 'shadow_dropped', 1)
+  redis.call('EXPIRE', stats, 691200)
+  return {'ok', version, queue}
+end
+local copy = {}
+local fields = redis.call('HGETALL', KEYS[2])
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if name ~= 'id' and name ~= 'client' and name ~= 'notify' and name ~= 'model_version' and name ~= 'queue' then
+    table.insert(copy, name)
+    table.insert(copy, fields[i + 1])
+  end
+end
+local shadow_key = ARGV[9] .. 'job:' .. ARGV[14]
+redis.call('HSET', shadow_key, 'id', ARGV[14], 'model_version', shadow, 'queue', shadow_queue,
+           'shadow_of', ARGV[7], unpack(copy))
+redis.call('EXPIRE', shadow_key, ARGV[4])
+redis.call('HSET', KEYS[2], 'shadow_id', ARGV[14])
+return {'ok', version, queue, shadow_queue, ARGV[14]}
 """
 
 _CLAIM = """
@@ -188,13 +215,13 @@ if not status then
   return 0
 end
 if status == 'succeeded' or status == 'failed' then return 0 end
-local fields = redis.call('HMGET', KEYS[1], 'notify', 'model_version', 'client')
+local fields = redis.call('HMGET', KEYS[1], 'notify', 'model_version', 'client', 'shadow_of')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[4])
 if fields[2] then redis.call('ZREM', ARGV[5] .. 'backlog:' .. fields[2], ARGV[4]) end
 if fields[3] then redis.call('ZREM', ARGV[5] .. 'keyjobs:' .. fields[3], ARGV[4]) end
-if ARGV[3] == 'succeeded' then
+if ARGV[3] == 'succeeded' and not fields[4] then  -- shadow copies are in no backlog either
   local version = redis.call('HGET', KEYS[1], 'model_version')
   if version then
     local key = ARGV[5] .. 'rate:' .. version .. ':' .. redis.call('TIME')[1]
@@ -208,6 +235,17 @@ return 1
 """
 
 
+# Seller feedback on a finished job: kept once, with the job (first write wins).
+_FEEDBACK = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'succeeded' then return status end
+if redis.call('HSETNX', KEYS[1], 'feedback', ARGV[1]) == 0 then return 'exists' end
+redis.call('HSET', KEYS[1], 'feedback_at', ARGV[2])
+return 'ok'
+"""
+
+
 @dataclass(frozen=True)
 class Routed:
     outcome: str  # "ok", "full" (MAX_QUEUE_DEPTH), "late" (its budget), "key_full" or "no_model"
@@ -218,6 +256,9 @@ class Routed:
     backlog: int = 0
     wait_seconds: float = 0.0
     rate: float = 0.0
+    # "ok" with a shadow copy: the copy's queue and job id
+    shadow_queue: str = ""
+    shadow_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -245,6 +286,7 @@ class JobStore:
         self._release = self.client.register_script(_RELEASE)
         self._rescue = self.client.register_script(_RESCUE)
         self._withdraw = self.client.register_script(_WITHDRAW)
+        self._feedback = self.client.register_script(_FEEDBACK)
 
     # --- keys -------------------------------------------------------------------------
 
@@ -281,11 +323,17 @@ class JobStore:
         client: str = "",
         client_max_jobs: int = 0,
         dry_run: bool = False,
+        shadow_draw: float = 1.0,
+        shadow_max_depth: int = 0,
     ) -> Routed:
         """Create and route the job, unless its version's queue is over ``max_queue_depth``, the
         estimated wait for it is over ``budget_seconds`` (0: no estimate), or ``client`` already
         has ``client_max_jobs`` unfinished jobs (0: no limit). ``dry_run``: only say whether it
-        would be admitted now, writing nothing (a cheap refusal before an upload is read)."""
+        would be admitted now, writing nothing (a cheap refusal before an upload is read).
+
+        With a shadow version in the rollout state and ``shadow_draw`` under its fraction, a shadow
+        copy of the job is created too, unless the shadow queue holds ``shadow_max_depth``
+        messages already; the caller sends its message (``Routed.shadow_queue``)."""
         now = time.time()
         record = {"id": job_id, "status": QUEUED, "created_at": repr(now), "deliveries": "0"}
         record.update({k: _to_str(v) for k, v in fields.items()})
@@ -308,11 +356,16 @@ class JobStore:
                 client,
                 str(int(client_max_jobs)),
                 "1" if dry_run else "0",
+                "" if dry_run else self.new_id(),
+                repr(shadow_draw),
+                str(int(shadow_max_depth)),
                 *flat,
             ],
         )
         outcome = _s(reply[0])
         if outcome == "ok":
+            if len(reply) > 3:
+                return Routed("ok", _s(reply[1]), _s(reply[2]), shadow_queue=_s(reply[3]), shadow_id=_s(reply[4]))
             return Routed("ok", _s(reply[1]), _s(reply[2]))
         if outcome == "full":
             return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
@@ -340,6 +393,12 @@ class JobStore:
         """Withdraw a job the API could not promise (its message failed, or no replica has it):
         the record and its places in the indexes, so that it counts in no backlog."""
         self._withdraw(keys=[self.job_key(job_id), self.pending_key], args=[job_id, self.prefix])
+
+    def add_feedback(self, job_id: str, feedback: dict[str, Any]) -> str:
+        """Keep the seller's feedback with a succeeded job: "ok"; "exists" (given before);
+        "missing"; or the job's status when it has not succeeded."""
+        return _s(self._feedback(keys=[self.job_key(job_id)],
+                                 args=[json.dumps(feedback, separators=(",", ":")), repr(time.time())]))
 
     def get(self, job_id: str) -> dict[str, str] | None:
         raw = self.client.hgetall(self.job_key(job_id))

@@ -1,8 +1,8 @@
 """The rollout state: which model version serves new jobs. Read here, changed by the registry.
 
 One Redis hash, ``<prefix>rollout``, with the fields ``active``, ``previous``, ``canary``,
-``canary_weight``, ``updated_by`` and ``updated_at``. The API reads it atomically with
-each job's creation (the script in ``common.jobstore`` reads the same fields); the
+``canary_weight``, ``shadow``, ``shadow_fraction``, ``updated_by`` and ``updated_at``. The API
+reads it atomically with each job's creation (the script in ``common.jobstore`` reads the same fields); the
 workers read it to decide where an overdue or left-over job goes; only
 ``models_registry.rollout`` changes it.
 """
@@ -17,6 +17,8 @@ ACTIVE = "active"
 PREVIOUS = "previous"
 CANARY = "canary"
 CANARY_WEIGHT = "canary_weight"
+SHADOW = "shadow"
+SHADOW_FRACTION = "shadow_fraction"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class RolloutState:
     canary_weight: float
     updated_by: str | None
     updated_at: float | None
+    # A version that gets shadow copies of a share of new jobs (computed, never shown).
+    shadow: str | None = None
+    shadow_fraction: float = 0.0
 
     def serves(self, version: str) -> bool:
         """Whether ``version`` gets new jobs (as the active or the canary version)."""
@@ -39,6 +44,11 @@ def rollout_key(prefix: str) -> str:
 
 def history_key(prefix: str) -> str:
     return f"{prefix}rollout:history"
+
+
+def baseline_key(prefix: str, version: str) -> str:
+    """The figures ``version`` had when another version replaced it (the guard's yardstick)."""
+    return f"{prefix}baseline:{version}"
 
 
 def verified_key(prefix: str, version: str) -> str:
@@ -59,6 +69,8 @@ def rollout_state(client: redis.Redis, *, prefix: str, default_version: str | No
         canary_weight=float(raw.get(CANARY_WEIGHT) or 0.0),
         updated_by=raw.get("updated_by"),
         updated_at=float(raw["updated_at"]) if raw.get("updated_at") else None,
+        shadow=raw.get(SHADOW) or None,
+        shadow_fraction=float(raw.get(SHADOW_FRACTION) or 0.0),
     )
 
 

@@ -132,6 +132,9 @@ ADMISSION_WINDOW_SECONDS = env_int("ADMISSION_WINDOW_SECONDS", 10, minimum=2, ma
 # slowest about a batch's time later, and the admitted ones should finish within the wait.
 ADMISSION_TARGET = env_float("ADMISSION_TARGET", 0.5, minimum=0.1, maximum=1.0)
 RETRY_AFTER_SECONDS = env_int("RETRY_AFTER_SECONDS", 2, minimum=1)
+# Shadow copies (`python -m models_registry shadow V`) are dropped, not queued, while the shadow
+# version's queue holds this many messages: a candidate that falls behind never slows anyone.
+SHADOW_MAX_QUEUE_DEPTH = env_int("SHADOW_MAX_QUEUE_DEPTH", 16, minimum=0)
 
 MODEL_ROOT = Path(env_str("MODEL_ROOT", str(VAR_DIR / "models")))
 MODEL_NAME = env_str("MODEL_NAME", "reference")

@@ -237,9 +237,27 @@ def populate_reference_v2(directory: Path) -> dict[str, Any]:
     return extra
 
 
+def populate_reference_scrambled(directory: Path) -> dict[str, Any]:
+    """v1 with its category head scrambled: every ImageNet class maps to the next category, so
+    the model is confidently wrong about categories (and the names built on them) while every
+    other figure stays the same. A deliberately bad version, for rehearsing a rollout that must
+    refuse it (shadow agreement and live accuracy catch it; error rate and latency do not)."""
+    extra = populate_reference(directory)
+    path = directory / "labels" / "taxonomy.json"
+    taxonomy = json.loads(path.read_text(encoding="utf-8"))
+    slugs = [c["slug"] for c in taxonomy["categories"]]
+    following = {slug: slugs[(i + 1) % len(slugs)] for i, slug in enumerate(slugs)}
+    for entry in taxonomy["mapping"]:
+        entry["category"] = following[entry["category"]]
+    path.write_text(json.dumps(taxonomy, indent=1) + "\n")
+    extra["scrambled"] = "labels/taxonomy.json: each ImageNet class maps to the next category (on purpose)"
+    return extra
+
+
 def build_reference(root: Path, version: str = "1", *, name: str = "reference", evaluate: bool = True,
                     eval_count: int = 200, variant: str | None = None) -> ModelVolume:
-    """Build reference variant ``variant`` ("v1" or "v2"; by default "v2" for version "2")."""
+    """Build reference variant ``variant`` ("v1", "v2" or "scrambled"; by default "v2" for version
+    "2", else "v1")."""
     from models_registry.golden import golden_photos
 
     evaluator = None
@@ -250,7 +268,10 @@ def build_reference(root: Path, version: str = "1", *, name: str = "reference", 
             return evaluate_volume(volume, count=eval_count, runtime=runtime)
 
     variant = variant or ("v2" if version == "2" else "v1")
-    if variant == "v2":
+    if variant == "scrambled":
+        populate, description = populate_reference_scrambled, (
+            "DELIBERATELY BAD reference model: v1 with its category mapping scrambled (rollout drills).")
+    elif variant == "v2":
         populate, description = populate_reference_v2, (
             "Reference model v2: v1 plus a category head trained on the synthetic train split.")
     else:

@@ -19,9 +19,12 @@ from typing import Any
 import redis
 
 from common.heartbeat import ready_workers, worker_key, workers_key
+from common.livestats import Figures, version_figures
 from common.rollout import (
     CANARY,
+    SHADOW,
     RolloutState,
+    baseline_key,
     decode_hash,
     history_key,
     rollout_key,
@@ -110,13 +113,20 @@ def _change(client: redis.Redis, *, prefix: str, event: dict[str, Any], update) 
 
 def model_version_promote(
     client: redis.Redis, *, prefix: str, version: str, default_version: str | None = None,
-    force: bool = False, by: str | None = None,
+    force: bool = False, by: str | None = None, baseline_window_seconds: float = 1800.0,
 ) -> RolloutState:
+    """Make ``version`` active. The outgoing version's figures over the last
+    ``baseline_window_seconds`` are kept as the yardstick of the guard (``models_registry.guard``)."""
     problems = check_servable(client, prefix=prefix, version=version)
     if problems and not force:
         raise RolloutRefused("; ".join(problems))
     event = {"action": "promote", "version": version, "forced": bool(problems), "problems": problems,
              "by": by or actor(), "at": time.time()}
+    outgoing = rollout_state(client, prefix=prefix, default_version=default_version).active
+    if outgoing and outgoing != version:
+        figures = version_figures(client, prefix=prefix, version=outgoing, window_seconds=baseline_window_seconds)
+        client.set(baseline_key(prefix, outgoing), json.dumps({**figures.to_json(), "recorded_at": time.time(),
+                                                               "window_seconds": baseline_window_seconds}))
 
     def update(current: dict[str, str]) -> dict[str, Any]:
         active = current.get("active") or default_version
@@ -125,14 +135,21 @@ def model_version_promote(
         changes: dict[str, Any] = {"active": version, "previous": active}
         if current.get(CANARY) == version:
             changes.update(canary=None, canary_weight=None)
+        if current.get(SHADOW) == version:  # its jobs are live now; no copies of them
+            changes.update(shadow=None, shadow_fraction=None)
         return changes
 
     return _change(client, prefix=prefix, event=event, update=update)
 
 
+def baseline_figures(client: redis.Redis, *, prefix: str, version: str) -> Figures | None:
+    raw = client.get(baseline_key(prefix, version))
+    return Figures.from_json(json.loads(raw)) if raw else None
+
+
 def model_version_rollback(
     client: redis.Redis, *, prefix: str, default_version: str | None = None, force: bool = False,
-    by: str | None = None,
+    by: str | None = None, reason: str | None = None,
 ) -> RolloutState:
     state = rollout_state(client, prefix=prefix, default_version=default_version)
     if not state.previous:
@@ -140,8 +157,10 @@ def model_version_rollback(
     problems = check_servable(client, prefix=prefix, version=state.previous)
     if problems and not force:
         raise RolloutRefused("; ".join(problems))
-    event = {"action": "rollback", "version": state.previous, "forced": bool(problems),
+    event = {"action": "rollback", "version": state.previous, "from": state.active, "forced": bool(problems),
              "problems": problems, "by": by or actor(), "at": time.time()}
+    if reason:
+        event["reason"] = reason
 
     def update(current: dict[str, str]) -> dict[str, Any]:
         if current.get("previous") != state.previous:
@@ -169,6 +188,54 @@ def model_version_canary(
              "problems": problems, "by": by or actor(), "at": time.time()}
     return _change(client, prefix=prefix, event=event,
                    update=lambda current: {"canary": version, "canary_weight": repr(weight)})
+
+
+def model_version_shadow(
+    client: redis.Redis, *, prefix: str, version: str | None, fraction: float = 0.1,
+    force: bool = False, by: str | None = None,
+) -> RolloutState:
+    """Copy ``fraction`` (0..1] of new jobs to ``version`` as shadow jobs (computed, never shown);
+    ``version=None`` stops it."""
+    if version is None:
+        event = {"action": "shadow-off", "by": by or actor(), "at": time.time()}
+        return _change(client, prefix=prefix, event=event,
+                       update=lambda current: {"shadow": None, "shadow_fraction": None})
+    if not 0.0 < fraction <= 1.0:
+        raise RolloutRefused("the shadow fraction must be above 0 and at most 1")
+    problems = check_servable(client, prefix=prefix, version=version)
+    if problems and not force:
+        raise RolloutRefused("; ".join(problems))
+    event = {"action": "shadow", "version": version, "fraction": fraction, "forced": bool(problems),
+             "problems": problems, "by": by or actor(), "at": time.time()}
+
+    def update(current: dict[str, str]) -> dict[str, Any]:
+        if current.get("active") == version:
+            raise RolloutRefused(f"version {version} is active; shadow a candidate, not the active version")
+        return {"shadow": version, "shadow_fraction": repr(fraction)}
+
+    return _change(client, prefix=prefix, event=event, update=update)
+
+
+def model_version_abort(
+    client: redis.Redis, *, prefix: str, version: str, reason: str = "", by: str | None = None,
+) -> RolloutState:
+    """Take a candidate out of the rollout: its canary weight and shadow copies stop (the active
+    version is untouched). Refuses for the active version: that is a rollback."""
+    event = {"action": "abort", "version": version, "by": by or actor(), "at": time.time()}
+    if reason:
+        event["reason"] = reason
+
+    def update(current: dict[str, str]) -> dict[str, Any]:
+        if current.get("active") == version:
+            raise RolloutRefused(f"version {version} is active; use rollback")
+        changes: dict[str, Any] = {}
+        if current.get(CANARY) == version:
+            changes.update(canary=None, canary_weight=None)
+        if current.get(SHADOW) == version:
+            changes.update(shadow=None, shadow_fraction=None)
+        return changes
+
+    return _change(client, prefix=prefix, event=event, update=update)
 
 
 def rollout_history(client: redis.Redis, *, prefix: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -78,3 +78,32 @@ class JobSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
+
+
+class FeedbackInputSerializer(serializers.Serializer):
+    """What the seller finally listed; any subset of the four fields, null or "" for a field
+    the seller left blank."""
+
+    name = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+    category = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+    brand = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+    color = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+
+    def validate(self, attrs: dict) -> dict:
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            raise serializers.ValidationError(f"unknown field(s): {', '.join(unknown)}; "
+                                              "give any of name, category, brand, color.")
+        if not attrs:
+            raise serializers.ValidationError("give at least one of name, category, brand, color.")
+        return attrs
+
+
+class FeedbackSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="the job's id")
+    model = ModelSerializer()
+    outcomes = serializers.DictField(
+        child=serializers.ChoiceField(choices=["accepted", "changed", "filled", "blank"]),
+        help_text="per field given: accepted as suggested, changed, filled where the model gave "
+                  "none, or left blank as the model did",
+    )

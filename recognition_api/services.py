@@ -7,26 +7,38 @@ shared by all threads (redis-py pools are thread-safe).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import random
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from functools import lru_cache
 from typing import Any
 
 import redis
 from django.conf import settings
 
+from common import livestats
 from common.apikeys import KeyPolicy
-from common.errors import JobNotFound, NoActiveModel, NotReplicated, QueueFull, RateLimited, ServiceUnavailable
+from common.errors import (
+    FeedbackExists,
+    JobNotFound,
+    JobNotSucceeded,
+    NoActiveModel,
+    NotReplicated,
+    QueueFull,
+    RateLimited,
+    ServiceUnavailable,
+)
 from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
 from common.imaging import ImageInfo, inspect_image
-from common.jobstore import TERMINAL, JobStore, Routed
+from common.jobstore import SUCCEEDED, TERMINAL, JobStore, Routed
 from common.membudget import DecodeBudget, budget_bytes
+from common.metrics import statsd
 from common.queues import recognition_send
 from common.ratelimit import Bucket, RateLimiter, retry_after_seconds
 from common.redisconn import RedisTarget
@@ -151,6 +163,8 @@ def _job_enqueue(
                              queue=routed.queue)
         except Exception as exc:
             store.delete(job_id)
+            if routed.shadow_id:
+                store.delete(routed.shadow_id)
             logger.warning("enqueue failed: %s: %s", type(exc).__name__, exc)
             if _redis_full(exc):
                 raise ServiceUnavailable("The job store is full; retry later.") from exc
@@ -160,10 +174,22 @@ def _job_enqueue(
     except BaseException:
         _forget_image(job_id)
         raise
+    if routed.shadow_id:
+        _shadow_send(store=store, routed=routed, request_id=str(fields["request_id"]))
     logger.info(
         "job queued",
         extra={"job_id": job_id, "model_version": routed.version, "client": client.name},
     )
+
+
+def _shadow_send(*, store: JobStore, routed: Routed, request_id: str) -> None:
+    """Queue the job's shadow copy; its failure is the shadow's loss only, never the client's."""
+    try:
+        recognition_send(_celery(), job_id=routed.shadow_id, request_id=request_id, queue=routed.shadow_queue)
+    except Exception as exc:
+        logger.warning("shadow copy not queued: %s: %s", type(exc).__name__, exc)
+        with suppress(Exception):
+            store.delete(routed.shadow_id)
 
 
 def recognition_admission_check(*, client: KeyPolicy, wait_seconds: float) -> None:
@@ -194,6 +220,8 @@ def _admit(
         client=client.name,
         client_max_jobs=client.max_jobs,
         dry_run=dry_run,
+        shadow_draw=random.random(),
+        shadow_max_depth=settings.SHADOW_MAX_QUEUE_DEPTH,
     )
     if routed.outcome == "key_full":
         raise RateLimited(
@@ -263,6 +291,52 @@ def recognition_job_get(*, job_id: str, client: KeyPolicy, wait_seconds: float =
         if record is None:
             raise JobNotFound()
     return record
+
+
+def recognition_feedback_create(
+    *, job_id: str, client: KeyPolicy, feedback: dict[str, str | None]
+) -> dict[str, Any]:
+    """Keep what the seller finally listed with the job (once), and count, per model version and
+    field, whether the suggestion was accepted, changed or filled in. A job that had a shadow copy
+    scores the shadow version too: a candidate's live accuracy before it takes any traffic."""
+    store = job_store()
+    record = store.get(job_id) if _valid_id(job_id) else None
+    # Only the key that created the job; a shadow copy is nobody's job.
+    if record is None or record.get("client") != client.name or record.get("shadow_of"):
+        raise JobNotFound()
+    if record.get("status") != SUCCEEDED:
+        raise JobNotSucceeded(f"The job is {record.get('status', 'unknown')}; feedback is taken only for a job "
+                              "that succeeded.")
+    given = store.add_feedback(job_id, feedback)
+    if given == "exists":
+        raise FeedbackExists()
+    if given == "missing":
+        raise JobNotFound()
+    version = record.get("model_version", "")
+    outcomes = livestats.feedback_outcomes(_result(record), feedback)
+    scored = [(version, "live", outcomes)]
+    shadow = store.get(record["shadow_id"]) if record.get("shadow_id") else None
+    if shadow is not None and shadow.get("status") == SUCCEEDED:
+        scored.append((shadow.get("model_version", ""), "shadow",
+                       livestats.feedback_outcomes(_result(shadow), feedback)))
+    prefix = settings.REDIS_KEY_PREFIX
+    pipe = redis_client().pipeline(transaction=False)
+    for scored_version, source, counted in scored:
+        livestats.record_feedback(pipe, prefix=prefix, version=scored_version, source=source, outcomes=counted)
+    pipe.execute()
+    for scored_version, source, counted in scored:
+        for name, outcome in counted.items():
+            statsd().increment(f"feedback.{outcome}", tags=[
+                f"model_version:{scored_version}", f"field:{name}", f"source:{source}"])
+    return {"id": job_id, "model": {"name": record.get("model_name", ""), "version": version},
+            "outcomes": outcomes}
+
+
+def _result(record: dict[str, str]) -> dict[str, Any]:
+    try:
+        return json.loads(record.get("result") or "{}")
+    except ValueError:
+        return {}
 
 
 # A device may send this many photos in a row before its rate applies (a seller lists in bursts).

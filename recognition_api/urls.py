@@ -7,6 +7,8 @@ urlpatterns = [
     path("recognize", views.RecognizeApi.as_view(), name="recognize"),
     path("v1/recognize", views.RecognizeApi.as_view(), name="recognize-v1"),
     path("v1/recognitions/<str:job_id>", views.RecognitionDetailApi.as_view(), name="recognition-detail"),
+    path("v1/recognitions/<str:job_id>/feedback", views.RecognitionFeedbackApi.as_view(),
+         name="recognition-feedback"),
     path("healthz", views.HealthApi.as_view(), name="healthz"),
     path("readyz", views.ReadyApi.as_view(), name="readyz"),
     path(

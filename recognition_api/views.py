@@ -4,6 +4,7 @@ from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +14,8 @@ from recognition_api import services
 from recognition_api.representations import job_representation
 from recognition_api.serializers import (
     ErrorSerializer,
+    FeedbackInputSerializer,
+    FeedbackSerializer,
     JobSerializer,
     RecognizeInputSerializer,
     WaitQuerySerializer,
@@ -129,6 +132,35 @@ class RecognitionDetailApi(APIView):
         record = services.recognition_job_get(job_id=job_id, client=request.user.policy,
                                               wait_seconds=_wait_seconds(request))
         return _job_response(record)
+
+
+class RecognitionFeedbackApi(APIView):
+    """POST /v1/recognitions/{id}/feedback."""
+
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        operation_id="recognition_feedback",
+        summary="Tell what the seller finally listed",
+        description=(
+            "With the key that created the job, once per job that succeeded: the values the seller "
+            "listed (any subset of name, category, brand, color; null or \"\" for a field left blank). "
+            "It is counted per model version and field as accepted, changed, filled or blank, which "
+            "gives each model version a live accuracy (`python -m models_registry accuracy`)."
+        ),
+        request=FeedbackInputSerializer,
+        responses={201: FeedbackSerializer, 400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
+                   409: ErrorSerializer},
+        examples=[OpenApiExample("The seller kept the category and changed the color",
+                                 value={"category": "kitchen_tableware", "color": "orange"}, request_only=True)],
+    )
+    def post(self, request: Request, job_id: str) -> Response:
+        data = FeedbackInputSerializer(data=request.data)
+        if not data.is_valid():
+            raise InvalidParameter("; ".join(str(e) for errs in data.errors.values() for e in errs))
+        body = services.recognition_feedback_create(job_id=job_id, client=request.user.policy,
+                                                     feedback=dict(data.validated_data))
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class HealthApi(APIView):

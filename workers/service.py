@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -11,10 +12,11 @@ from dataclasses import dataclass, field
 
 import redis
 
+from common import livestats
 from common.errors import DeadlineExceeded, DecodeBusy, DeliveryLimitExceeded, InferenceFailed, JobFailure
 from common.imagestore import ImageStore
 from common.imaging import decode_rgb
-from common.jobstore import JobStore
+from common.jobstore import SUCCEEDED, TERMINAL, JobStore
 from common.membudget import DecodeBudget
 from common.metrics import statsd, version_tags
 from common.queues import queue_for
@@ -109,7 +111,7 @@ def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
         return "failed"
     if _past_deadline(claim.record):
         # A result nobody waits for is not worth the model's time; the next job is.
-        _record_failure(context, job_id, DeadlineExceeded())
+        _record_failure(context, job_id, DeadlineExceeded(), claim.record)
         return "failed"
     with context.holding(job_id):
         try:
@@ -169,7 +171,7 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
             logger.exception("inference failed", extra={"job_id": job_id})
             raise InferenceFailed(f"The model failed on this image: {type(exc).__name__}") from exc
     except JobFailure as failure:
-        _record_failure(context, job_id, failure)
+        _record_failure(context, job_id, failure, record)
         return "failed"
     timings.update(
         decode=round((t1 - t0) * 1000, 2),
@@ -179,7 +181,7 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
         batch_size=outcome.batch_size,
     )
     try:
-        context.jobs.succeed(
+        first = context.jobs.succeed(
             job_id,
             result=outcome.output,
             timings=timings,
@@ -189,7 +191,79 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
     except redis.RedisError as exc:
         raise TransientError("redis", exc) from exc
     statsd().increment("job.completed", tags=[*tags, "status:succeeded"])
+    if first:
+        _count_finish(context, record, status="succeeded", result=outcome.output)
     return "succeeded"
+
+
+def _count_finish(
+    context: WorkerContext, record: dict[str, str], *, status: str, error_code: str | None = None,
+    result: dict | None = None,
+) -> None:
+    """The version's live figures (``common.livestats``), once per job, and the shadow comparison
+    once both copies of a shadowed job have finished. Best effort: the result is written already."""
+    shadow = bool(record.get("shadow_of"))
+    role = "shadow" if shadow else "live"
+    latency_ms = None
+    if record.get("created_at"):
+        latency_ms = (time.time() - float(record["created_at"])) * 1000
+    jobs = context.jobs
+    try:
+        pipe = jobs.client.pipeline(transaction=False)
+        livestats.record_finish(pipe, prefix=jobs.prefix, version=context.model_version, status=status,
+                                shadow=shadow, error_code=error_code,
+                                latency_ms=latency_ms if status == "succeeded" else None, result=result)
+        pipe.execute()
+        if record.get("shadow_of") or record.get("shadow_id"):
+            _compare_shadow(jobs, primary_id=record.get("shadow_of") or record["id"],
+                            shadow_id=record.get("shadow_id") or record["id"])
+    except redis.RedisError as exc:
+        logger.warning("live figures not counted: %s: %s", type(exc).__name__, exc)
+    tags = [*version_tags(context.model_version), f"role:{role}"]
+    if latency_ms is not None and status == "succeeded":
+        statsd().distribution("job.latency", latency_ms, tags=tags)
+        for name in livestats.FIELDS:
+            if livestats.field_value(result, name)[0] is None:
+                statsd().increment("job.field_null", tags=[*tags, f"field:{name}"])
+
+
+def _compare_shadow(jobs: JobStore, *, primary_id: str, shadow_id: str) -> None:
+    """Compare a shadowed job's two answers, by whichever of its two workers finishes second
+    (each writes its result before it reads the other's, so one of them sees both; the flag on
+    the job makes sure only one counts)."""
+    pipe = jobs.client.pipeline(transaction=False)
+    pipe.hgetall(jobs.job_key(primary_id))
+    pipe.hgetall(jobs.job_key(shadow_id))
+    primary, shadow = ({_text(k): _text(v) for k, v in raw.items()} for raw in pipe.execute())
+    if primary.get("status") not in TERMINAL or shadow.get("status") not in TERMINAL:
+        return
+    if primary["status"] != SUCCEEDED:
+        return  # nothing to compare the candidate with
+    if not jobs.client.hsetnx(jobs.job_key(primary_id), "compared", "1"):
+        return
+    candidate, active = shadow.get("model_version", ""), primary.get("model_version", "")
+    outcomes = None
+    if shadow["status"] == SUCCEEDED:
+        outcomes = livestats.compare_results(json.loads(primary.get("result") or "{}"),
+                                             json.loads(shadow.get("result") or "{}"))
+    pipe = jobs.client.pipeline(transaction=False)
+    livestats.record_comparison(pipe, prefix=jobs.prefix, candidate=candidate, active=active, outcomes=outcomes,
+                                active_ms=_total_ms(primary), candidate_ms=_total_ms(shadow))
+    pipe.execute()
+    for name, (outcome, _shift) in (outcomes or {}).items():
+        statsd().increment("shadow.compared", tags=[f"model_version:{candidate}", f"against:{active}",
+                                                    f"field:{name}", f"outcome:{outcome}"])
+
+
+def _total_ms(record: dict[str, str]) -> float | None:
+    try:
+        return (float(record["finished_at"]) - float(record["created_at"])) * 1000
+    except (KeyError, ValueError):
+        return None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _delivery_limit(deliveries: int) -> JobFailure:
@@ -199,13 +273,15 @@ def _delivery_limit(deliveries: int) -> JobFailure:
     )
 
 
-def _record_failure(context: WorkerContext, job_id: str, failure: JobFailure) -> None:
+def _record_failure(
+    context: WorkerContext, job_id: str, failure: JobFailure, record: dict[str, str] | None = None,
+) -> None:
     logger.warning("job failed", extra={"job_id": job_id, "code": failure.code})
     statsd().increment("job.completed", tags=[
         *version_tags(context.model_version, queue_for(context.model_version)),
         "status:failed", f"error_code:{failure.code}"])
     try:
-        context.jobs.fail(
+        first = context.jobs.fail(
             job_id,
             failure.code,
             failure.message,
@@ -214,4 +290,6 @@ def _record_failure(context: WorkerContext, job_id: str, failure: JobFailure) ->
         )
     except redis.RedisError as exc:
         raise TransientError("redis", exc) from exc
+    if first:
+        _count_finish(context, record or {"id": job_id}, status="failed", error_code=failure.code)
 

@@ -98,3 +98,56 @@ def test_a_dead_worker_stops_counting_as_ready(redis_client: redis.Redis, key_pr
 
     time.sleep(0.3)
     assert heartbeat.ready_workers(redis_client, prefix=key_prefix, version="4") == []
+
+
+def test_shadow_on_and_off_and_never_for_the_active_version(redis_client: redis.Redis, key_prefix: str) -> None:
+    for version in ("1", "2"):
+        ready(redis_client, key_prefix, version)
+        verified(redis_client, key_prefix, version)
+    rollout.model_version_promote(redis_client, prefix=key_prefix, version="1")
+    with pytest.raises(RolloutRefused, match="no ready workers"):
+        rollout.model_version_shadow(redis_client, prefix=key_prefix, version="3", fraction=0.5)
+    with pytest.raises(RolloutRefused, match="is active"):
+        rollout.model_version_shadow(redis_client, prefix=key_prefix, version="1", fraction=0.5)
+    with pytest.raises(RolloutRefused, match="fraction"):
+        rollout.model_version_shadow(redis_client, prefix=key_prefix, version="2", fraction=1.5)
+    state = rollout.model_version_shadow(redis_client, prefix=key_prefix, version="2", fraction=0.25)
+    assert (state.shadow, state.shadow_fraction, state.active) == ("2", 0.25, "1")
+    state = rollout.model_version_shadow(redis_client, prefix=key_prefix, version=None)
+    assert (state.shadow, state.shadow_fraction) == (None, 0.0)
+    assert [e["action"] for e in rollout.rollout_history(redis_client, prefix=key_prefix)][:2] == [
+        "shadow-off", "shadow"]
+
+
+def test_abort_stops_a_candidate_s_canary_and_shadow_but_not_the_active(redis_client: redis.Redis,
+                                                                         key_prefix: str) -> None:
+    for version in ("1", "2"):
+        ready(redis_client, key_prefix, version)
+        verified(redis_client, key_prefix, version)
+    rollout.model_version_promote(redis_client, prefix=key_prefix, version="1")
+    rollout.model_version_shadow(redis_client, prefix=key_prefix, version="2", fraction=0.5)
+    rollout.model_version_canary(redis_client, prefix=key_prefix, version="2", weight=0.1)
+    state = rollout.model_version_abort(redis_client, prefix=key_prefix, version="2", reason="judge: rollback")
+    assert (state.active, state.canary, state.shadow) == ("1", None, None)
+    assert rollout.rollout_history(redis_client, prefix=key_prefix)[0]["reason"] == "judge: rollback"
+    with pytest.raises(RolloutRefused, match="use rollback"):
+        rollout.model_version_abort(redis_client, prefix=key_prefix, version="1")
+
+
+def test_promote_ends_the_shadow_and_keeps_the_outgoing_version_s_figures(redis_client: redis.Redis,
+                                                                          key_prefix: str) -> None:
+    from common import livestats
+
+    for version in ("1", "2"):
+        ready(redis_client, key_prefix, version)
+        verified(redis_client, key_prefix, version)
+    rollout.model_version_promote(redis_client, prefix=key_prefix, version="1")
+    pipe = redis_client.pipeline()
+    for _ in range(4):
+        livestats.record_finish(pipe, prefix=key_prefix, version="1", status="succeeded", latency_ms=50, result={})
+    pipe.execute()
+    rollout.model_version_shadow(redis_client, prefix=key_prefix, version="2", fraction=0.5)
+    state = rollout.model_version_promote(redis_client, prefix=key_prefix, version="2")
+    assert (state.active, state.previous, state.shadow) == ("2", "1", None)
+    baseline = rollout.baseline_figures(redis_client, prefix=key_prefix, version="1")
+    assert baseline is not None and baseline.jobs == 4
