@@ -2,7 +2,7 @@
 
     python -m bench.scaling                                   # every built-in curve, default ScaledObject
     python -m bench.scaling --curve spike                     # one curve
-    python -m bench.scaling --scaledobject k8s/overlays/prod/scaledobject.yaml --rate 25 --load-s 600
+    python -m bench.scaling --scaledobject path/to/scaledobject.yaml --rate 25 --load-s 600
 
 Prints, per curve, a table over time (arrivals, queue, desired count, pods starting/ready, estimated
 wait), the scaling events and a summary. Nothing is timed and nothing is random: the same inputs
@@ -85,18 +85,21 @@ CURVES: dict[str, list[float]] = {
     # A marketplace day (00:00-24:00) compressed into three hours, one minute per 8 minutes of the
     # day: a night trough, the morning climb, lunch, the afternoon plateau and the evening peak.
     "day": [
-        12.4, 11.8, 12.1, 11.2, 10.9, 10.6, 10.1, 9.8, 9.9, 9.2, 8.8, 8.9, 8.3, 7.9, 8.1,
-        7.6, 7.3, 7.5, 7.0, 6.8, 6.9, 6.6, 6.4, 6.7, 6.3, 6.2, 6.5, 6.4, 6.6, 6.9,
-        7.1, 7.0, 7.4, 7.8, 7.7, 8.3, 8.9, 9.2, 9.8, 10.7, 11.3, 12.6, 13.8, 15.1, 17.4,
-        20.2, 23.5, 27.9, 31.6, 36.8, 41.2, 46.9, 52.7, 57.3, 62.8, 67.1, 72.9, 77.4, 81.0, 85.6,
-        88.1, 90.4, 93.7, 92.8, 95.9, 98.2, 97.6, 100.3, 102.8, 101.9, 104.6, 107.3, 106.1, 109.8, 112.4,
-        111.0, 114.7, 117.2, 116.3, 119.5, 121.8, 120.9, 124.6, 127.3, 129.8, 133.4, 136.9, 138.2, 141.7, 139.5,
-        142.8, 140.3, 137.6, 134.1, 129.7, 124.2, 119.8, 116.4, 113.9, 112.1, 110.6, 111.8, 109.4, 110.9, 108.7,
-        110.2, 111.6, 109.9, 112.3, 110.8, 113.5, 112.0, 114.2, 115.9, 114.6, 117.3, 119.0, 118.4, 121.7, 123.5,
-        126.8, 129.4, 133.0, 136.7, 139.2, 143.8, 147.1, 150.9, 153.6, 157.2, 160.4, 162.9, 165.3, 167.8, 169.1,
-        170.6, 171.9, 170.2, 171.4, 169.5, 168.1, 165.7, 161.8, 157.3, 151.6, 144.9, 137.2, 128.5, 119.6, 110.3,
-        100.8, 91.5, 82.6, 74.1, 66.3, 59.2, 52.8, 47.1, 42.3, 37.9, 34.2, 30.8, 27.9, 25.3, 23.1,
-        21.2, 19.6, 18.3, 17.1, 16.2, 15.4, 14.8, 14.1, 13.7, 13.3, 13.0, 12.8, 12.7, 12.5, 12.4,
+        12.4, 11.8, 12.1, 11.2, 10.9, 10.6, 10.1, 9.8, 9.9, 9.2, 8.8, 8.9,
+        8.3, 7.9, 8.1, 7.6, 7.3, 7.5, 7.0, 6.8, 6.9, 6.6, 6.4, 6.7,
+        6.3, 6.2, 6.5, 6.4, 6.6, 6.9, 7.1, 7.0, 7.4, 7.8, 7.7, 8.3,
+        8.9, 9.2, 9.8, 10.7, 11.3, 12.6, 13.8, 15.1, 17.4, 20.2, 23.5, 27.9,
+        31.6, 36.8, 41.2, 46.9, 52.7, 57.3, 62.8, 67.1, 72.9, 77.4, 81.0, 85.6,
+        88.1, 90.4, 93.7, 92.8, 95.9, 98.2, 97.6, 100.3, 102.8, 101.9, 104.6, 107.3,
+        106.1, 109.8, 112.4, 111.0, 114.7, 117.2, 116.3, 119.5, 121.8, 120.9, 124.6, 127.3,
+        129.8, 133.4, 136.9, 138.2, 141.7, 139.5, 142.8, 140.3, 137.6, 134.1, 129.7, 124.2,
+        119.8, 116.4, 113.9, 112.1, 110.6, 111.8, 109.4, 110.9, 108.7, 110.2, 111.6, 109.9,
+        112.3, 110.8, 113.5, 112.0, 114.2, 115.9, 114.6, 117.3, 119.0, 118.4, 121.7, 123.5,
+        126.8, 129.4, 133.0, 136.7, 139.2, 143.8, 147.1, 150.9, 153.6, 157.2, 160.4, 162.9,
+        165.3, 167.8, 169.1, 170.6, 171.9, 170.2, 171.4, 169.5, 168.1, 165.7, 161.8, 157.3,
+        151.6, 144.9, 137.2, 128.5, 119.6, 110.3, 100.8, 91.5, 82.6, 74.1, 66.3, 59.2,
+        52.8, 47.1, 42.3, 37.9, 34.2, 30.8, 27.9, 25.3, 23.1, 21.2, 19.6, 18.3,
+        17.1, 16.2, 15.4, 14.8, 14.1, 13.7, 13.3, 13.0, 12.8, 12.7, 12.5, 12.4,
     ],
     # A sudden 3x spike (a push notification): 30 min at the base, 15 min at three times the base,
     # then the base again long enough to watch the slow scale-down.
@@ -193,11 +196,12 @@ def scaling_from(doc: Mapping[str, Any]) -> Scaling:
             triggers.append(Trigger(
                 list_name=meta["listName"], target=float(meta.get("listLength", 5)),
                 activation=float(meta.get("activationListLength", 0)),
-                metric_type=raw.get("metricType", "AverageValue"), cached=bool(raw.get("useCachedMetrics", False))))
+                metric_type=raw.get("metricType", "AverageValue"),
+                cached=bool(raw.get("useCachedMetrics", False))))
         else:
             skipped.append(f"{raw.get('type')} {raw.get('name', '')}".strip())
     if not triggers:
-        raise ValueError("no redis list trigger (redis, redis-sentinel, redis-cluster with listName) to simulate")
+        raise ValueError("no redis list trigger (redis, redis-sentinel or redis-cluster with a listName)")
     behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
     return Scaling(
         name=doc.get("metadata", {}).get("name", "?"),
@@ -224,7 +228,7 @@ def load_scaled_object(path: Path, name: str | None = None) -> dict[str, Any]:
     if name is not None:
         found = [d for d, n in zip(found, names, strict=True) if n == name]
     if len(found) != 1:
-        raise ValueError(f"{path}: {len(found)} ScaledObject(s) match (present: {names}); name one with --name")
+        raise ValueError(f"{path}: {len(found)} ScaledObjects match (present: {names}); choose with --name")
     return found[0]
 
 
@@ -265,7 +269,8 @@ def change_in_period(period_s: int, events: Iterable[Event], now: int) -> int:
     return sum(e.change for e in events if e.at > now - period_s)
 
 
-def scale_up_limit(current: int, ups: Sequence[Event], downs: Sequence[Event], rules: Rules, now: int) -> int:
+def scale_up_limit(current: int, ups: Sequence[Event], downs: Sequence[Event], rules: Rules,
+                   now: int) -> int:
     """The most replicas the policies allow now (calculateScaleUpLimitWithScalingRules)."""
     if rules.select == "Disabled":
         return current
@@ -276,7 +281,8 @@ def scale_up_limit(current: int, ups: Sequence[Event], downs: Sequence[Event], r
     return min(proposals) if rules.select == "Min" else max(proposals)
 
 
-def scale_down_limit(current: int, ups: Sequence[Event], downs: Sequence[Event], rules: Rules, now: int) -> int:
+def scale_down_limit(current: int, ups: Sequence[Event], downs: Sequence[Event], rules: Rules,
+                     now: int) -> int:
     """The fewest replicas the policies allow now (calculateScaleDownLimitWithBehaviors)."""
     if rules.select == "Disabled":
         return current
@@ -375,7 +381,8 @@ class Keda:
             if current == 0 or (s.idle_replicas is not None and current < s.min_replicas):
                 return s.hpa_min  # scaleFromZeroOrIdle
             return current
-        if (s.idle_replicas is not None and current > s.idle_replicas) or (current > 0 and s.min_replicas == 0):
+        idle = s.idle_replicas is not None and current > s.idle_replicas
+        if idle or (current > 0 and s.min_replicas == 0):
             since = self.last_active if self.last_active is not None else 0
             wait = s.cooldown_s if self.last_active is not None else s.initial_cooldown_s
             if since + wait < now:  # scaleToZeroOrIdle, after the cooldown
@@ -494,14 +501,15 @@ def clock(seconds: int) -> str:
 
 
 def describe(s: Scaling) -> str:
-    t = s.triggers[0]
-    lines = [f"ScaledObject {s.name}: replicas {s.min_replicas}..{s.max_replicas}, pollingInterval {s.polling_s} s, "
-             f"cooldownPeriod {s.cooldown_s} s{' (only 1 -> 0 uses it)' if s.min_replicas else ''}",
-             f"  trigger: list {t.list_name}, {t.metric_type} target listLength {t.target:g}, "
-             f"activation > {t.activation:g}{', cached metric' if t.cached else ''}"]
+    cooldown = f"cooldownPeriod {s.cooldown_s} s{' (only 1 -> 0 uses it)' if s.min_replicas else ''}"
+    lines = [f"ScaledObject {s.name}: replicas {s.min_replicas}..{s.max_replicas}, "
+             f"pollingInterval {s.polling_s} s, {cooldown}"]
+    lines += [f"  trigger: list {t.list_name}, {t.metric_type} target listLength {t.target:g}, "
+              f"activation > {t.activation:g}{', cached metric' if t.cached else ''}" for t in s.triggers]
     if s.up and s.down:
         for word, r in (("up", s.up), ("down", s.down)):
-            policies = ", ".join(f"{p.value}{'%' if p.type == 'Percent' else ' pods'}/{p.period_s}s" for p in r.policies)
+            policies = ", ".join(f"{p.value}{'%' if p.type == 'Percent' else ' pods'}/{p.period_s}s"
+                                 for p in r.policies)
             lines.append(f"  scale {word}: window {r.stabilization_s} s, {r.select} of [{policies}]")
     else:
         lines.append("  no behavior: legacy rules (300 s down window, at most max(2x, 4) up)")
@@ -547,15 +555,17 @@ def report(run: Run, every_s: int = 60) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cli = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n\n")[0])
-    cli.add_argument("--scaledobject", type=Path, help="YAML file holding the ScaledObject (default: built in)")
+    cli.add_argument("--scaledobject", type=Path, help="YAML file with the ScaledObject (default: built in)")
     cli.add_argument("--name", help="which ScaledObject when the file holds several")
-    cli.add_argument("--curve", choices=sorted(CURVES), action="append", help="curve(s) to run (default: all)")
+    cli.add_argument("--curve", choices=sorted(CURVES), action="append", help="a curve to run (default: all)")
     cli.add_argument("--rate", type=float, default=25.0, help="photos/s one ready worker serves (default 25)")
     cli.add_argument("--load-s", type=int, default=600, help="seconds from pod start to ready (default 600)")
     cli.add_argument("--every", type=int, default=60, help="table row every N seconds (default 60)")
     args = cli.parse_args(argv)
     try:
-        doc = DEFAULT_SCALED_OBJECT if args.scaledobject is None else load_scaled_object(args.scaledobject, args.name)
+        doc = DEFAULT_SCALED_OBJECT
+        if args.scaledobject is not None:
+            doc = load_scaled_object(args.scaledobject, args.name)
         scaling = scaling_from(doc)
     except (OSError, ValueError, KeyError) as e:
         cli.error(str(e))

@@ -406,6 +406,8 @@ def accuracy(window: str, versions: tuple[str, ...], as_json: bool) -> None:
         for source, by_field in sorted(feedback_by_source(client, prefix=prefix, version=version,
                                                           window_seconds=seconds).items()):
             for name in FIELDS:
+                if name not in by_field:
+                    continue  # no feedback on this field
                 counts = {o: by_field.get(name, {}).get(o, 0) for o in FEEDBACK_OUTCOMES}
                 given = counts["accepted"] + counts["changed"] + counts["filled"]
                 shown = counts["accepted"] + counts["changed"]

@@ -2,8 +2,10 @@
 
 A candidate version is compared with a baseline (the active version over the same window, or,
 for the guard, the figures the previous version had when it was replaced) on error rate, p95
-latency, null rate per field, and, where there is enough of it, seller-feedback accuracy and
-shadow agreement per field. Thresholds come from a small TOML file (``config/judge.toml``, or
+latency, null rate per field, and, where there is enough of it, seller-feedback accuracy per
+field. Shadow agreement per field is a tripwire, not a verdict: a field whose agreement with the
+active version falls below its floor holds the decision (wait) until feedback shows whether the
+candidate is better or worse there. Thresholds come from a small TOML file (``config/judge.toml``, or
 ``JUDGE_CONFIG``). The verdict is ``promote`` (exit 0) when every check passes, ``rollback``
 (exit 1) when any fails, and ``wait`` (exit 2) while a version has too few jobs to tell.
 """
@@ -170,6 +172,10 @@ def judge(
             checks.append(Check("accuracy", name, c_acc, b_acc, limit, "pass" if ok else "fail",
                                 f"feedback {counts[0]}/{counts[1]}"))
     if comparison is not None:
+        # Disagreeing with the active version is not being wrong (a better model disagrees where
+        # the old one erred), so agreement alone never rolls back: a field that disagrees more
+        # than its floor waits for sellers' feedback, and where that exists accuracy decides.
+        judged_by_accuracy = {c.field for c in checks if c.name == "accuracy" and c.verdict in ("pass", "fail")}
         for name in FIELDS:
             agreement, n = comparison.agreement(name), comparison.compared(name)
             floor = config.agreement_min.get(name)
@@ -178,10 +184,15 @@ def judge(
             elif n < config.min_compared:
                 checks.append(Check("agreement", name, agreement, None, f">= {floor:.0%}", "n/a",
                                     f"{n} compared, need {config.min_compared}"))
+            elif agreement is not None and agreement >= floor:
+                checks.append(Check("agreement", name, agreement, None, f">= {floor:.0%}", "pass", f"{n} compared"))
+            elif name in judged_by_accuracy:
+                checks.append(Check("agreement", name, agreement, None, f">= {floor:.0%}", "n/a",
+                                    f"{n} compared; below the floor, accuracy decides"))
             else:
-                checks.append(Check("agreement", name, agreement, None, f">= {floor:.0%}",
-                                    "pass" if agreement is not None and agreement >= floor else "fail",
-                                    f"{n} compared"))
+                checks.append(Check("agreement", name, agreement, None, f">= {floor:.0%}", "wait",
+                                    f"{n} compared; below the floor: waiting for {config.min_feedback} "
+                                    "feedback on this field"))
     verdicts = {c.verdict for c in checks}
     verdict = "rollback" if "fail" in verdicts else "wait" if "wait" in verdicts else "promote"
     return Judgment(candidate.version, baseline.version, verdict, checks)

@@ -53,11 +53,18 @@ def test_accuracy_counts_only_with_enough_feedback_on_both_sides() -> None:
     assert [c.verdict for c in few.checks if c.name == "accuracy" and c.field == "category"] == ["n/a"]
 
 
-def test_a_collapse_of_shadow_agreement_rolls_back_even_before_enough_jobs() -> None:
-    comparison = Comparison("2", "1", n=40, outcomes={"category": {"same": 4, "differ": 36}})
-    judgment = judge(figures("2", jobs=40), figures("1"), config=CONFIG, comparison=comparison)
-    assert judgment.verdict == "rollback"
-    assert "agreement[category] 10.0%" in judgment.reason()
+def test_a_collapse_of_shadow_agreement_waits_for_feedback_which_then_decides() -> None:
+    collapse = Comparison("2", "1", n=100, outcomes={"category": {"same": 10, "differ": 90}})
+    waiting = judge(figures("2"), figures("1"), config=CONFIG, comparison=collapse)
+    assert waiting.verdict == "wait"
+    assert [c.verdict for c in waiting.checks if c.name == "agreement" and c.field == "category"] == ["wait"]
+    # A candidate that disagrees because it is better is promoted; one that is worse rolls back.
+    better = judge(figures("2", accepted=35, changed=5), figures("1", accepted=20, changed=20), config=CONFIG,
+                   comparison=collapse)
+    assert better.verdict == "promote"
+    worse = judge(figures("2", accepted=5, changed=35), figures("1", accepted=20, changed=20), config=CONFIG,
+                  comparison=collapse)
+    assert worse.verdict == "rollback" and worse.reason().startswith("accuracy[category]")
     fine = Comparison("2", "1", n=40, outcomes={"category": {"same": 30, "differ": 10}})
     assert judge(figures("2"), figures("1"), config=CONFIG, comparison=fine).verdict == "promote"
 

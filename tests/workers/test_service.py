@@ -130,3 +130,35 @@ def test_an_image_store_failure_after_the_claim_gives_the_job_back_at_once(conte
     assert (record["status"], record["deliveries"]) == ("queued", "0"), "the failure counted as a lost worker"
     assert record["last_error"].startswith("image store: TimeoutError")
     assert context.held() == []
+
+
+def test_a_shadowed_job_is_counted_per_version_and_compared_once(
+    context: WorkerContext, tmp_path: Path, redis_client: redis.Redis, key_prefix: str,
+) -> None:
+    from common import livestats
+    from common.rollout import rollout_key
+
+    runtime = runtime_for(build_null(tmp_path / "models", "n2"))
+    runtime.load()
+    batcher = Batcher(runtime.predict, max_batch=4, max_wait_s=0.01)
+    batcher.start()
+    shadow_context = WorkerContext("test-worker:2", runtime, batcher, context.jobs, context.images, max_deliveries=2)
+    try:
+        redis_client.hset(rollout_key(key_prefix), mapping={"shadow": "n2", "shadow_fraction": "1"})
+        job_id = context.jobs.new_id()
+        context.images.put(job_id, png((255, 0, 0)), "image/png")
+        routed = context.jobs.create(job_id=job_id, fields={"image_key": job_id}, default_version="n1",
+                                     max_queue_depth=0, canary_draw=0.5, shadow_draw=0.0, shadow_max_depth=5)
+        assert routed.shadow_id and routed.shadow_queue == "recognize.n2"
+        # The shadow copy finishes first; the comparison is made when the live job finishes.
+        assert recognition_job_process(job_id=routed.shadow_id, context=shadow_context) == "succeeded"
+        assert recognition_job_process(job_id=job_id, context=context) == "succeeded"
+        assert recognition_job_process(job_id=job_id, context=context) == "done"  # counted once
+        live = livestats.version_figures(redis_client, prefix=key_prefix, version="n1", window_seconds=600)
+        shadow = livestats.version_figures(redis_client, prefix=key_prefix, version="n2", window_seconds=600)
+        assert (live.jobs, live.shadow_jobs, shadow.jobs, shadow.shadow_jobs) == (1, 0, 1, 1)
+        comparison = livestats.shadow_comparison(redis_client, prefix=key_prefix, candidate="n2", active="n1",
+                                                 window_seconds=600)
+        assert comparison.n == 1 and comparison.agreement("color") == 1.0
+    finally:
+        batcher.stop(5)
