@@ -1,7 +1,10 @@
 """Reading the deployment artifacts the way their consumers do, for the tests.
 
-- Kubernetes manifests (k8s/) as documents; a container's environment and command as the
-  kubelet would give them ($(VAR) expansion, ConfigMap and Secret references, field refs).
+- Kubernetes manifests (k8s/): the plain files applied as they are, and every Kustomize root
+  rendered with `kubectl kustomize` and its ${name} placeholders resolved the way the
+  pipelines' deploy stages resolve them (k8s/render.py); a container's environment and
+  command as the kubelet would give them ($(VAR) expansion, ConfigMap and Secret references,
+  field refs).
 - Dockerfiles: their ENV, WORKDIR and CMD, as the image would run them.
 - Container paths mapped onto this machine (/app is the repository, /models a test model
   root, ...) so the same commands run here outside a container.
@@ -12,26 +15,95 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.metadata
+import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 K8S = ROOT / "k8s"
+NO_KUBECTL = ("kubectl is not installed: the tests that render k8s/ with `kubectl kustomize` "
+              "(Kustomize v5) cannot run; install kubectl to run them")
+# A value for every placeholder the manifests hold, as a pipeline run gives them (strings).
+SAMPLE_VALUES = {"modelVersion": "7", "drainVersion": "6", "shadowFraction": "0.1", "canaryWeight": "0.1",
+                 "minJobs": "50", "judgeTimeoutSeconds": "7200"}
 
 
 # --- manifests ---------------------------------------------------------------------------
 
-def manifest_files() -> list[Path]:
-    return sorted(K8S.rglob("*.yaml"))
+def plain_manifest_files() -> list[Path]:
+    """The manifests applied as they are (no Kustomize): k8s/*.yaml and k8s/examples/."""
+    return sorted([*K8S.glob("*.yaml"), *(K8S / "examples").glob("*.yaml")])
+
+
+def kustomizations() -> list[Path]:
+    """Every directory of k8s/ with a kustomization.yaml (roots, bases and components)."""
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+
+
+def is_component(directory: Path) -> bool:
+    return _parsed(directory / "kustomization.yaml")[0].get("kind") == "Component"
+
+
+def kustomize_roots() -> list[Path]:
+    """The directories a pipeline bakes or a person applies: not the components, not the bases
+    (which lack the color or the settings and are never deployed alone)."""
+    return [d for d in kustomizations() if not is_component(d) and d.name != "base"]
+
+
+def render_module() -> ModuleType:
+    """k8s/render.py, the renderer for a deploy by hand, which the tests use too."""
+    spec = importlib.util.spec_from_file_location("k8s_render", K8S / "render.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def require_kubectl() -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip(NO_KUBECTL)
+
+
+@functools.cache
+def _kustomized(directory: Path) -> list[dict[str, Any]]:
+    return render_module().kustomize(str(directory))
+
+
+def kustomized(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize DIRECTORY`, placeholders left in (skips the test without kubectl)."""
+    require_kubectl()
+    return copy.deepcopy(_kustomized(directory))
+
+
+def rendered(directory: Path, **values: str) -> list[dict[str, Any]]:
+    """DIRECTORY rendered and its placeholders resolved with VALUES (SAMPLE_VALUES for the
+    rest), as a deploy stage of the pipelines sends it to the cluster."""
+    return render_module().resolve(kustomized(directory), {**SAMPLE_VALUES, **values})
+
+
+def source_id(path: Path) -> str:
+    return str(path.relative_to(K8S))
+
+
+def sources() -> list[Path]:
+    """What gets deployed: the plain files and the Kustomize roots."""
+    return plain_manifest_files() + kustomize_roots()
+
+
+def documents_of(source: Path, **values: str) -> list[dict[str, Any]]:
+    return rendered(source, **values) if source.is_dir() else load(source)
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -44,24 +116,44 @@ def _parsed(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.load_all(path.read_text(), Loader=loader) if doc]
 
 
-def all_documents() -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in manifest_files():
-        for doc in load(path):
-            yield path, doc
+def all_documents(**values: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every object deployed: plain files and rendered roots (skips the test without kubectl)."""
+    for source in sources():
+        for doc in documents_of(source, **values):
+            yield source, doc
 
 
-def find(kind: str, name: str) -> dict[str, Any]:
-    """The one manifest of this kind and name (or generateName prefix) in k8s/."""
-    matches = [doc for _, doc in all_documents() if doc["kind"] == kind and name in (
-        doc["metadata"].get("name"), doc["metadata"].get("generateName", "").rstrip("-"))]
-    assert len(matches) == 1, f"{len(matches)} manifests of {kind} {name}"
+def object_name(doc: dict[str, Any]) -> str:
+    return doc["metadata"].get("name") or doc["metadata"]["generateName"].rstrip("-")
+
+
+def base_name(doc: dict[str, Any]) -> str:
+    """The name without Kustomize's hash suffix (recognition-config-5gttg69dkf -> recognition-config)."""
+    name = object_name(doc)
+    return name.rsplit("-", 1)[0] if doc["kind"] in ("ConfigMap", "Secret") and is_hashed(name) else name
+
+
+def is_hashed(name: str) -> bool:
+    return re.fullmatch(r".+-[bcdfghkmt2-9]{10}", name) is not None
+
+
+def find(kind: str, name: str, **values: str) -> dict[str, Any]:
+    """The one object of this kind and name (hash suffix left out for ConfigMaps) deployed."""
+    matches = [doc for _, doc in all_documents(**values) if doc["kind"] == kind and base_name(doc) == name]
+    unique = {yaml.safe_dump(doc) for doc in matches}
+    assert len(unique) == 1, f"{len(unique)} different manifests of {kind} {name}"
     return matches[0]
 
 
-def one(path: Path, kind: str) -> dict[str, Any]:
-    docs = [doc for doc in load(path) if doc["kind"] == kind]
-    assert len(docs) == 1, f"{path}: {len(docs)} documents of kind {kind}"
+def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    docs = [doc for doc in documents if doc["kind"] == kind]
+    assert len(docs) == 1, f"{len(docs)} documents of kind {kind}"
     return docs[0]
+
+
+def configmaps(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """The data of the ConfigMaps among DOCUMENTS, by their (hashed) names."""
+    return {doc["metadata"]["name"]: doc["data"] for doc in documents if doc["kind"] == "ConfigMap"}
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:

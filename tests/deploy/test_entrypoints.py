@@ -7,9 +7,11 @@ image is a virtualenv holding nothing but requirements/api.txt; the worker image
 project's full environment (the real TensorFlow worker is covered by tests/integration; here
 it loads a null model volume so the whole rollout runs in seconds).
 
-The rollout rehearsal follows the pipelines: populate and verify a volume from S3 (moto),
-start the green workers, promote them, serve a photo through the API, wait for blue's queue
-to drain, and see a rollback refused while blue has no workers.
+The manifests are the Kustomize roots of k8s/ rendered as the pipelines deploy them (blue
+serving version 1, green getting version 2). The rollout rehearsal follows the pipelines:
+populate and verify a volume from S3 (moto), start the green workers, check the version is
+servable, promote it, serve a photo through the API, start the rollout guard, wait for blue's
+queue to drain, and see a rollback refused while blue has no workers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +41,16 @@ from tests.deploy.kube import (
     ROOT,
     PathMap,
     base_env,
+    base_name,
+    configmaps,
     container,
     container_argv,
     container_env,
-    find,
     image_env,
     image_json_argv,
-    load,
     one,
+    rendered,
+    require_kubectl,
     requirement_pins,
     secret_files,
     site_of,
@@ -54,8 +59,32 @@ from tests.deploy.kube import (
 pytestmark = pytest.mark.integration
 
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-CONFIGMAPS = {doc["metadata"]["name"]: doc["data"] for path in (K8S / "config.yaml", K8S / "worker-blue.yaml",
-              K8S / "worker-green.yaml") for doc in load(path) if doc["kind"] == "ConfigMap"}
+BLUE_VERSION, GREEN_VERSION = "1", "2"
+ROOTS = ("api", "guard", "workers/blue", "workers/green", "jobs/populate", "jobs/status", "jobs/verify",
+         "jobs/promote", "jobs/drain-wait", "jobs/rollback")
+
+
+def deployed(root: str) -> list[dict[str, Any]]:
+    """A root as the pipelines deploy it in this rehearsal."""
+    version = BLUE_VERSION if root == "workers/blue" else GREEN_VERSION
+    return rendered(K8S / root, modelVersion=version, drainVersion=BLUE_VERSION)
+
+
+@cache
+def all_configmaps() -> dict[str, dict[str, str]]:
+    """The ConfigMaps the rendered roots create, by their (hashed) names."""
+    return {name: data for root in ROOTS for name, data in configmaps(deployed(root)).items()}
+
+
+def setting_map(name: str) -> dict[str, str]:
+    """A ConfigMap's data by its name without the hash suffix."""
+    (data,) = {json.dumps(d["data"], sort_keys=True) for root in ROOTS for d in deployed(root)
+               if d["kind"] == "ConfigMap" and base_name(d) == name}
+    return json.loads(data)
+
+
+def workload(root: str, kind: str) -> dict[str, Any]:
+    return one(deployed(root), kind)
 
 
 @dataclass
@@ -86,7 +115,8 @@ class Cluster:
         paths = self.paths(pod)
         (self.tmp / pod / "tmp").mkdir(parents=True, exist_ok=True)
         secret_files(doc, name, self.secrets, paths)
-        env = container_env(doc, name, image=image_env(dockerfile), configmaps=CONFIGMAPS, secrets=self.secrets)
+        env = container_env(doc, name, image=image_env(dockerfile), configmaps=all_configmaps(),
+                            secrets=self.secrets)
         env = {key: paths(value) for key, value in env.items()}
         bin_dir = self.api_bin if api_image else self.worker_bin
         env |= base_env(f"{bin_dir}:/usr/bin:/bin") | AWS | {"S3_ENDPOINT_URL": self.s3_url} | extra
@@ -113,6 +143,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     from recognition_api.auth import new_key
 
+    require_kubectl()
     tmp = tmp_path_factory.mktemp("cluster")
     redis_process, redis_url = start_redis(tmp)
     # A replica, as k8s/redis.yaml has: the API acknowledges a job once one holds it (config.yaml).
@@ -147,7 +178,7 @@ def upload_volume(cluster: Cluster, version: str) -> None:
 
     source = cluster.tmp / "built"
     build_null(source, version)
-    bucket, _, prefix = CONFIGMAPS["recognition-config"]["MODEL_SOURCE_URL"].removeprefix("s3://").partition("/")
+    bucket, _, prefix = setting_map("recognition-config")["MODEL_SOURCE_URL"].removeprefix("s3://").partition("/")
     client = s3(cluster)
     client.create_bucket(Bucket=bucket)
     for path in sorted((source / "reference" / version).rglob("*")):
@@ -211,26 +242,27 @@ def test_the_readiness_probe_also_needs_redis_to_have_taken_the_heartbeat_lately
 
 
 def test_the_populate_step_refuses_a_version_that_is_not_in_s3(cluster: Cluster) -> None:
-    job = one(K8S / "models" / "reference-1-populate.yaml", "Job")
-    (cluster.model_store / "reference" / "1").mkdir(parents=True)
+    job = one(rendered(K8S / "jobs" / "populate", modelVersion="9"), "Job")
+    (cluster.model_store / "reference" / "9").mkdir(parents=True)
     s3(cluster).create_bucket(Bucket="example-models")
     result = cluster.run(job, "fetch", "populate-missing", api_image=True)
-    assert result.returncode == 1 and "no manifest.json under s3://example-models/models/reference/1/" in result.stderr
-    assert not any((cluster.model_store / "reference" / "1").iterdir())
+    assert result.returncode == 1 and "no manifest.json under s3://example-models/models/reference/9/" in result.stderr
+    assert not any((cluster.model_store / "reference" / "9").iterdir())
 
 
 def test_the_manifests_commands_roll_out_a_model_version_end_to_end(cluster: Cluster) -> None:
     client = redis.Redis.from_url(cluster.redis_url)
-    config = CONFIGMAPS["recognition-config"]
-    green = find("Deployment", "worker-green")
-    version = CONFIGMAPS["worker-green"]["WORKER_MODEL_VERSION"]
+    config = setting_map("recognition-config")
+    green = workload("workers/green", "Deployment")
+    version = setting_map("worker-green")["WORKER_MODEL_VERSION"]
+    assert version == GREEN_VERSION
     processes: list[Process] = []
     try:
         # 1. model-volume.json: fetch from S3 through the writable claim, verify read-only.
         upload_volume(cluster, version)
         s3(cluster).create_bucket(Bucket=config["IMAGE_STORE_URL"].removeprefix("s3://").split("/")[0])
         (cluster.model_store / "reference" / version).mkdir(parents=True)  # the volume's mount point
-        populate = one(K8S / "models" / f"reference-{version}-populate.yaml", "Job")
+        populate = workload("jobs/populate", "Job")
         fetched = cluster.run(populate, "fetch", "populate", api_image=True)
         assert fetched.returncode == 0, fetched.stderr
         assert (cluster.model_store / "reference" / version / "manifest.json").is_file()
@@ -254,14 +286,14 @@ def test_the_manifests_commands_roll_out_a_model_version_end_to_end(cluster: Clu
                    "the green worker's readiness probe")
         for kind in ("startupProbe", "livenessProbe"):
             assert cluster.probe(green, "worker", "worker-green", kind), kind
-        status = cluster.run(one(K8S / "jobs" / "status.yaml", "Job"), "status", "status", api_image=True)
+        status = cluster.run(workload("jobs/status", "Job"), "status", "status", api_image=True)
         assert status.returncode == 0, status.stderr
         # version, role (none yet), ready workers, queue depth, verified
-        assert [version, "1", "0", "yes"] in [line.split() for line in status.stdout.splitlines()], status.stdout
+        assert [version, "1", "0", "yes"] in [line.split()[:4] for line in status.stdout.splitlines()], status.stdout
 
         # The API, from its manifest and image: probes, Docker's healthcheck, readiness.
         port = free_port()
-        api_doc = find("Deployment", "recognition-api")
+        api_doc = workload("api", "Deployment")
         api = cluster.start(api_doc, "api", "api", api_image=True, API_BIND=f"127.0.0.1:{port}")
         processes.append(api)
         api_container = container(api_doc, "api")
@@ -275,7 +307,16 @@ def test_the_manifests_commands_roll_out_a_model_version_end_to_end(cluster: Clu
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", headers={"Host": "localhost"}).status_code == 503
 
         # Promote the green version (manual judgment: continue).
-        promoted = cluster.run(one(K8S / "jobs" / "promote-green.yaml", "Job"), "promote", "promote", api_image=True)
+        # model-rollout.json: the candidate is servable (verified, ready workers) ...
+        verify = cluster.run(workload("jobs/verify", "Job"), "verify", "verify", api_image=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert f"version {version}: verified, 1 ready workers" in verify.stdout
+        # ... and the same check stops the pipeline for a version nobody populated.
+        unknown = cluster.run(one(rendered(K8S / "jobs" / "verify", modelVersion="99"), "Job"), "verify", "verify",
+                              api_image=True)
+        assert unknown.returncode == 1 and "version 99 has not passed verify" in unknown.stderr
+        # ... and the judge says promote (the judge's own tests cover its verdicts).
+        promoted = cluster.run(workload("jobs/promote", "Job"), "promote", "promote", api_image=True)
         assert promoted.returncode == 0, promoted.stderr
         assert f"active: {version}" in promoted.stdout
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", headers={"Host": "localhost"}).status_code == 200
@@ -286,9 +327,17 @@ def test_the_manifests_commands_roll_out_a_model_version_end_to_end(cluster: Clu
         assert answer.json()["status"] == "succeeded" and answer.json()["model"]["version"] == version
 
         # Keep: wait until blue's queue is drained before blue is scaled down.
-        blue_version = CONFIGMAPS["worker-blue"]["WORKER_MODEL_VERSION"]
+        blue_version = setting_map("worker-blue")["WORKER_MODEL_VERSION"]
+        assert blue_version == BLUE_VERSION
         client.rpush(queue_for(blue_version), json.dumps({"stranded": True}))
-        drain = cluster.start(one(K8S / "jobs" / "drain-wait-blue.yaml", "Job"), "drain-wait", "drain", api_image=True)
+        # The rollout guard, from its manifest: it starts watching, and publishes its gauges.
+        guard = cluster.start(workload("guard", "Deployment"), "guard", "guard", api_image=True)
+        processes.append(guard)
+        wait_until(lambda: "guard: checking every 30 s over the last 10m" in guard.output(), 30,
+                   "the guard to start")
+        assert guard.alive(), guard.output()
+
+        drain = cluster.start(workload("jobs/drain-wait", "Job"), "drain-wait", "drain", api_image=True)
         processes.append(drain)
         wait_until(lambda: "still holds 1 jobs" in drain.output(), 15, "the drain wait to see the stranded job")
         assert drain.alive(), drain.output()
@@ -298,7 +347,7 @@ def test_the_manifests_commands_roll_out_a_model_version_end_to_end(cluster: Clu
         assert f"{queue_for(blue_version)} is empty" in drain.output()
 
         # Roll back: refused while blue has no ready workers (model-rollback.json scales it up first).
-        rolled = cluster.run(one(K8S / "jobs" / "rollback.yaml", "Job"), "rollback", "rollback", api_image=True)
+        rolled = cluster.run(workload("jobs/rollback", "Job"), "rollback", "rollback", api_image=True)
         assert rolled.returncode == 1 and "refused" in rolled.stderr
 
         # Scale-down: SIGTERM drains the worker; it stops advertising readiness and exits cleanly.
