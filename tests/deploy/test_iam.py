@@ -51,6 +51,7 @@ def code_calls() -> dict[str, set[str]]:
         "image-lifecycle": store_calls({"install_lifecycle"}),
         "model-populate": s3_calls((ROOT / "docker" / "bin" / "fetch-model-volume").read_text()),
         "model-rollout": set(),
+        "rollout-guard": set(),
         "redis": set(),
     }
 

@@ -186,7 +186,7 @@ def test_the_build_context_holds_the_application_and_not_venvs_models_secrets_or
         assert (ROOT / kept).exists(), kept
         assert not dockerignored(kept, patterns), f"{kept} is left out of the build context"
     for left_out in (".venv/bin/python", "var/models/reference/1/manifest.json", ".env", ".git/config",
-                     "tests/conftest.py", "k8s/api.yaml", "docker/compose.yaml", "README.md",
+                     "tests/conftest.py", "k8s/api/api.yaml", "docker/compose.yaml", "README.md",
                      "common/__pycache__/env.cpython-311.pyc", "var/venv-bench/x",
                      "requirements/dev.txt", "requirements/dev.in"):
         assert dockerignored(left_out, patterns), f"{left_out} would be sent to the Docker engine"

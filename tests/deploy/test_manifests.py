@@ -473,3 +473,11 @@ def test_redis_runs_behind_sentinels_that_the_clients_url_names() -> None:
     assert {f"{host}:{port}" for host, port in target.sentinels} == set(env["SENTINELS"].split())
     # A replica holds every job the API acknowledges.
     assert int(find("ConfigMap", "recognition-config")["data"]["REDIS_WAIT_REPLICAS"]) >= 1
+
+
+def test_without_kubectl_the_render_tests_skip_and_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.deploy import kube
+
+    monkeypatch.setattr(kube.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="kubectl is not installed"):
+        kube.rendered(K8S / "api")

@@ -394,11 +394,12 @@ ROLLOUT_PARAMETERS = {"modelVersion": "3", "targetColor": "green", "minWorkers":
 CLI = ["python3", "-m", "models_registry"]
 
 
-def rollout(verdict: str, **answers: str) -> Run:
+def rollout(verdict: str, override: str | None = None) -> Run:
+    """A model-rollout run whose judge says VERDICT; OVERRIDE is what a person answers if asked."""
     p = pipeline("model-rollout")
     assert {q["name"] for q in p["parameterConfig"]} == set(ROLLOUT_PARAMETERS)
-    override = stages(p)["override"]["name"]
-    return Run(p, ROLLOUT_PARAMETERS, verdict=verdict, answers={override: a for a in answers.values()})
+    answers = {stages(p)["override"]["name"]: override} if override else {}
+    return Run(p, ROLLOUT_PARAMETERS, verdict=verdict, answers=answers)
 
 
 def test_the_rollout_deploys_waits_verifies_shadows_soaks_canaries_then_judges() -> None:
@@ -433,7 +434,9 @@ def test_a_promote_verdict_promotes_drains_the_old_color_and_lets_keda_retire_it
     assert run.ran["find-active"]["manifestName"] == "deployment worker-blue"
     # KEDA's limits from the parameters, as integers; then wait until the minimum is ready.
     assert run.ran["scaling"]["manifestName"] == "scaledObject.keda.sh worker-green"
-    assert run.ran["scaling"]["patchBody"] == {"spec": {"minReplicaCount": 2, "maxReplicaCount": 8}}
+    assert run.ran["scaling"]["patchBody"] == {
+        "metadata": {"annotations": {"autoscaling.keda.sh/paused-replicas": None}},  # a merge patch's delete
+        "spec": {"minReplicaCount": 2, "maxReplicaCount": 8}}
     assert run.ran["wait-ready"]["manifestName"] == "deployment worker-green"
     assert run.ran["wait-ready"]["replicas"] == "2"
     assert run.ran["verify"]["manifests"][-1]["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "3"
@@ -494,7 +497,7 @@ def test_the_rollback_pipeline_restores_a_color_judges_rolls_back_then_retires_t
     run = Run(p, {"restoreColor": "blue", "minWorkers": "2", "maxWorkers": "8", "gitRef": "main"},
               answers={judgment: "continue"})
     assert run.asked == ["Roll back to the blue version?"]
-    assert run.ran["scaling"]["patchBody"] == {"spec": {"minReplicaCount": 2, "maxReplicaCount": 8}}
+    assert run.ran["scaling"]["patchBody"]["spec"] == {"minReplicaCount": 2, "maxReplicaCount": 8}
     assert run.ran["scale-up"]["manifestName"] == "deployment worker-blue"
     assert run.command("status-before") == CLI + ["status"]
     assert run.command("rollback") == CLI + ["rollback"]
