@@ -1,26 +1,47 @@
 """Scaling simulation: a recorded load curve through KEDA and the HPA's scaling rules.
 
-    python -m bench.scaling                                   # every built-in curve, default ScaledObject
+    python -m bench.scaling                                   # every built-in curve, the workers' ScaledObject
     python -m bench.scaling --curve spike                     # one curve
+    python -m bench.scaling --curve day --backlog-only        # without the load trigger (as it was)
+    python -m bench.scaling --curve day --datadog-down 60-120 # Datadog unreadable from minute 60 to 120
     python -m bench.scaling --scaledobject path/to/scaledobject.yaml --rate 25 --load-s 600
 
-Prints, per curve, a table over time (arrivals, queue, desired count, pods starting/ready, estimated
-wait), the scaling events and a summary. Nothing is timed and nothing is random: the same inputs
-give the same table.
+Prints, per curve, a table over time (arrivals, queue, the load metric, desired count, pods
+starting/ready, estimated wait), the scaling events and a summary. Nothing is timed and nothing is
+random: the same inputs give the same table.
+
+The default ScaledObject is the workers' own, k8s/workers/base/scaling.yaml, with its model
+version resolved as k8s/render.py resolves it and the minimum and maximum that the model-rollout
+pipeline's patch sets (its parameters' defaults).
 
 What is simulated, one second at a time:
 
 - the queue: ``recognize.<version>``'s Redis list gains the curve's photos/s and loses what the
   ready workers serve (``--rate`` photos/s each). It is a fluid model, so the list is empty
-  whenever the ready workers keep up: the list length measures backlog, not load;
-- KEDA (every ``pollingInterval``): a redis list trigger is active while the list is longer than
-  ``activationListLength``; KEDA itself scales 0 -> max(minReplicaCount, 1) on activity and back
-  to 0 (or ``idleReplicaCount``) once no trigger was active for ``cooldownPeriod`` -- only when
-  ``minReplicaCount`` is 0. Everything between min and max is the HPA's;
-- the HPA (every 15 s, the controller's sync period) on KEDA's external metric: the list length
+  whenever the ready workers keep up: the list length measures backlog, not load. The photos
+  finished in a second, min(arrivals + backlog, ready x rate), are the version's completions;
+- Datadog: a ``datadog`` trigger on ``recognition.job.completed`` (``.as_rate()`` or
+  ``.as_count()``, ``.rollup(sum, N)``) reads the completions as the scaler does: a second's
+  completions reach Datadog ``--datadog-lag-s`` later; the query covers ``age`` seconds ending
+  ``timeWindowOffset`` ago, in N-second points (a point only where something was completed);
+  the scaler takes the newest point less ``lastAvailablePointOffset``, so a point still filling
+  can be skipped; no point at all gives ``metricUnavailableValue`` (an error without it); a
+  Datadog outage (``--datadog-down``) is an error whatever the settings;
+- KEDA (every ``pollingInterval``): a trigger is active while its value is above its activation
+  value (``activationListLength``, ``activationQueryValue``); KEDA itself scales 0 ->
+  max(minReplicaCount, 1) on activity and back to 0 (or ``idleReplicaCount``) once no trigger
+  was active for ``cooldownPeriod`` -- only when ``minReplicaCount`` is 0. With a ``fallback``
+  whose replicas are not 0, no active trigger and a failing scaler, KEDA sets the count to
+  ``fallback.replicas`` itself (its scale executor). Everything else between min and max is the
+  HPA's;
+- the HPA (every 15 s, the controller's sync period) on KEDA's external metrics, one per trigger
   (read live at each sync, as KEDA's metrics server does, or the last poll's value with the
-  trigger's ``useCachedMetrics``) with an AverageValue target of ``listLength`` (or a Value
-  target with ``metricType: Value``), the 10 % tolerance, then
+  trigger's ``useCachedMetrics``): a replica proposal per metric -- AverageValue (KEDA's
+  default): ceil(value / target) outside the 10 % tolerance; Value: the ratio times the ready
+  pods -- and the largest proposal wins. A metric KEDA cannot read is left out; then the HPA
+  does not scale at all if the others would take it down (computeReplicasForMetrics). With a
+  ``fallback``, a metric failing more than ``failureThreshold`` reads in a row reads as
+  ``fallback.replicas`` x its target instead. Then
   ``advanced.horizontalPodAutoscalerConfig.behavior`` exactly as kube-controller-manager applies
   it: stabilization windows over past recommendations, then the scale-up / scale-down policies
   over past scale events (selectPolicy Max / Min / Disabled), then min/max;
@@ -30,17 +51,23 @@ What is simulated, one second at a time:
 
 The HPA arithmetic follows kube-controller-manager's podautoscaler (horizontal.go and
 replica_calculator.go, Kubernetes 1.27+: both scale-up and scale-down events count towards a
-policy's period); KEDA's follows its scale executor (pkg/scaling/executor/scale_scaledobjects.go).
+policy's period); KEDA's follows its scale executor (pkg/scaling/executor/scale_scaledobjects.go),
+its fallback (pkg/fallback/fallback.go) and its datadog scaler (pkg/scalers/datadog_scaler.go),
+as of KEDA 2.16.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 SYNC_PERIOD_S = 15  # --horizontal-pod-autoscaler-sync-period
@@ -48,37 +75,24 @@ TOLERANCE = 0.1  # --horizontal-pod-autoscaler-tolerance
 DOWNSCALE_STABILIZATION_S = 300  # --horizontal-pod-autoscaler-downscale-stabilization
 LEGACY_SCALE_UP_FACTOR, LEGACY_SCALE_UP_MINIMUM = 2.0, 4.0  # without spec.behavior
 LIST_TRIGGERS = ("redis", "redis-sentinel", "redis-cluster")
+# Photos/s one ready worker serves (--rate): the assumption the workers' load target is derived from
+# (k8s/workers/base/scaling.yaml: queryValue = this x 0.7, rounded down).
+WORKER_RATE = 25.0
+MODEL_LOAD_S = 600  # --load-s: from a pod's start until it serves (the model load)
+# From a job's end until Datadog's query API has it (--datadog-lag-s): the worker's DogStatsD client
+# flushes every 0.3 s, the agent aggregates 10 s buckets and forwards every 15 s, then intake.
+DATADOG_LAG_S = 30
+# The points of a Datadog query without an explicit rollup: DogStatsD's 10 s buckets, the finest.
+DATADOG_NATIVE_INTERVAL_S = 10
+COMPLETED_METRIC = "recognition.job.completed"
+COMPLETION_QUERY = re.compile(
+    r"sum:" + re.escape(COMPLETED_METRIC) + r"\{[^{}]*\}"
+    r"(?P<modifier>\.as_rate\(\)|\.as_count\(\))(?:\.rollup\(sum, ?(?P<rollup>\d+)\))?")
 
-# The worker ScaledObject the design asks for, until the Kustomize overlay's is wired in
-# (--scaledobject reads any file holding one).
-DEFAULT_SCALED_OBJECT: dict[str, Any] = {
-    "apiVersion": "keda.sh/v1alpha1",
-    "kind": "ScaledObject",
-    "metadata": {"name": "recognition-worker"},
-    "spec": {
-        "scaleTargetRef": {"name": "recognition-worker"},
-        "minReplicaCount": 1,
-        "maxReplicaCount": 8,
-        "pollingInterval": 15,
-        "cooldownPeriod": 1800,
-        "triggers": [{
-            "type": "redis-sentinel",
-            "metadata": {"listName": "recognize.1", "listLength": "20", "activationListLength": "1"},
-        }],
-        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-            "scaleUp": {
-                "stabilizationWindowSeconds": 0,
-                "policies": [{"type": "Pods", "value": 4, "periodSeconds": 60},
-                             {"type": "Percent", "value": 100, "periodSeconds": 60}],
-                "selectPolicy": "Max",
-            },
-            "scaleDown": {
-                "stabilizationWindowSeconds": 1800,
-                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 600}],
-            },
-        }}},
-    },
-}
+ROOT = Path(__file__).resolve().parent.parent
+SCALING_MANIFEST = ROOT / "k8s" / "workers" / "base" / "scaling.yaml"
+ROLLOUT_PIPELINE = ROOT / "k8s" / "spinnaker" / "model-rollout.json"
+
 
 # Recorded load curves: photos/s, one value per minute.
 CURVES: dict[str, list[float]] = {
@@ -130,11 +144,39 @@ class Rules:
 
 @dataclass(frozen=True)
 class Trigger:
+    """A Redis list trigger: the backlog."""
+
     list_name: str
     target: float  # listLength
     activation: float  # activationListLength
     metric_type: str = "AverageValue"  # AverageValue | Value
     cached: bool = False  # useCachedMetrics
+
+
+@dataclass(frozen=True)
+class RateTrigger:
+    """A datadog trigger on the version's completions (recognition.job.completed): the load."""
+
+    query: str
+    target: float  # queryValue
+    activation: float = 0.0  # activationQueryValue
+    interval_s: int = DATADOG_NATIVE_INTERVAL_S  # the query's .rollup(sum, N)
+    per_second: bool = True  # .as_rate(); .as_count() gives completions per interval
+    age_s: int = 90  # age
+    window_offset_s: int = 0  # timeWindowOffset
+    point_offset: int = 0  # lastAvailablePointOffset
+    unavailable: float | None = None  # metricUnavailableValue (None: not set, an error)
+    metric_type: str = "AverageValue"
+    cached: bool = False
+
+
+AnyTrigger = Trigger | RateTrigger
+
+
+@dataclass(frozen=True)
+class Fallback:
+    failure_threshold: int
+    replicas: int
 
 
 @dataclass(frozen=True)
@@ -148,15 +190,20 @@ class Scaling:
     cooldown_s: int
     initial_cooldown_s: int
     idle_replicas: int | None
-    triggers: tuple[Trigger, ...]
+    triggers: tuple[AnyTrigger, ...]
     up: Rules | None  # None: no spec.behavior, the controller's legacy rules
     down: Rules | None
     skipped: tuple[str, ...] = ()  # triggers this model cannot simulate
+    fallback: Fallback | None = None
 
     @property
     def hpa_min(self) -> int:
         """KEDA gives its HPA minReplicas max(minReplicaCount, 1): 0 <-> 1 is KEDA's own."""
         return max(self.min_replicas, 1)
+
+    def without_load(self) -> Scaling:
+        """The same ScaledObject with its backlog triggers only (as the workers' was before)."""
+        return replace(self, triggers=tuple(t for t in self.triggers if isinstance(t, Trigger)))
 
 
 def _policy(raw: Mapping[str, Any]) -> Policy:
@@ -184,25 +231,49 @@ def scale_down_rules(raw: Mapping[str, Any] | None) -> Rules:
                  tuple(_policy(p) for p in policies))
 
 
+def rate_trigger(raw: Mapping[str, Any]) -> RateTrigger | None:
+    """A datadog trigger this model simulates (None for any other query), with the scaler's defaults."""
+    meta = raw.get("metadata", {})
+    match = COMPLETION_QUERY.fullmatch(meta.get("query", ""))
+    if raw.get("type") != "datadog" or match is None or meta.get("useClusterAgentProxy") == "true":
+        return None
+    unavailable = meta.get("metricUnavailableValue")
+    return RateTrigger(
+        query=meta["query"], target=float(meta.get("queryValue", meta.get("targetValue", 0))),
+        activation=float(meta.get("activationQueryValue", 0)),
+        interval_s=int(match["rollup"] or DATADOG_NATIVE_INTERVAL_S),
+        per_second=match["modifier"] == ".as_rate()",
+        age_s=int(meta.get("age", 90)), window_offset_s=int(meta.get("timeWindowOffset", 0)),
+        point_offset=int(meta.get("lastAvailablePointOffset", 0)),
+        unavailable=None if unavailable is None else float(unavailable),
+        metric_type=raw.get("metricType", "AverageValue"), cached=bool(raw.get("useCachedMetrics", False)))
+
+
 def scaling_from(doc: Mapping[str, Any]) -> Scaling:
     """Read a KEDA v2 ScaledObject (as a dict) with KEDA's and the HPA's defaults."""
     if doc.get("kind") != "ScaledObject":
         raise ValueError(f"not a ScaledObject: kind {doc.get('kind')!r}")
     spec = doc["spec"]
-    triggers, skipped = [], []
+    triggers: list[AnyTrigger] = []
+    skipped = []
     for raw in spec.get("triggers", []):
         meta = raw.get("metadata", {})
+        rate = rate_trigger(raw)
         if raw.get("type") in LIST_TRIGGERS and "listName" in meta:
             triggers.append(Trigger(
                 list_name=meta["listName"], target=float(meta.get("listLength", 5)),
                 activation=float(meta.get("activationListLength", 0)),
                 metric_type=raw.get("metricType", "AverageValue"),
                 cached=bool(raw.get("useCachedMetrics", False))))
+        elif rate is not None:
+            triggers.append(rate)
         else:
             skipped.append(f"{raw.get('type')} {raw.get('name', '')}".strip())
     if not triggers:
-        raise ValueError("no redis list trigger (redis, redis-sentinel or redis-cluster with a listName)")
+        raise ValueError("no trigger to simulate: a redis list (redis, redis-sentinel or redis-cluster with a "
+                         f"listName) or datadog on {COMPLETED_METRIC}")
     behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    fallback = spec.get("fallback")
     return Scaling(
         name=doc.get("metadata", {}).get("name", "?"),
         min_replicas=int(spec.get("minReplicaCount", 0)),
@@ -215,6 +286,7 @@ def scaling_from(doc: Mapping[str, Any]) -> Scaling:
         up=None if behavior is None else scale_up_rules(behavior.get("scaleUp")),
         down=None if behavior is None else scale_down_rules(behavior.get("scaleDown")),
         skipped=tuple(skipped),
+        fallback=None if fallback is None else Fallback(int(fallback["failureThreshold"]), int(fallback["replicas"])),
     )
 
 
@@ -232,10 +304,49 @@ def load_scaled_object(path: Path, name: str | None = None) -> dict[str, Any]:
     return found[0]
 
 
+def _render() -> ModuleType:
+    """k8s/render.py: how the pipelines' deploy stages resolve the manifests' placeholders."""
+    spec = importlib.util.spec_from_file_location("k8s_render", ROOT / "k8s" / "render.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pipeline_limits(pipeline: Path = ROLLOUT_PIPELINE) -> dict[str, int]:
+    """minReplicaCount and maxReplicaCount as the pipeline's patch of the ScaledObject sets them:
+    the parameters it names there, at their defaults."""
+    p = json.loads(pipeline.read_text())
+    defaults = {q["name"]: q.get("default") for q in p["parameterConfig"]}
+    limits: dict[str, int] = {}
+    for stage in p["stages"]:
+        if stage.get("type") == "patchManifest" and stage.get("manifestName", "").startswith("scaledObject.keda.sh"):
+            for key in ("minReplicaCount", "maxReplicaCount"):
+                named = re.fullmatch(r"\$\{#toInt\(parameters\.(\w+)\)\}", str(stage["patchBody"]["spec"].get(key)))
+                if named:
+                    limits[key] = int(defaults[named[1]])
+    if set(limits) != {"minReplicaCount", "maxReplicaCount"}:
+        raise ValueError(f"{pipeline}: no patch of a ScaledObject's minReplicaCount and maxReplicaCount from parameters")
+    return limits
+
+
+def repository_scaled_object(model_version: str = "1") -> dict[str, Any]:
+    """The workers' ScaledObject as a rollout leaves it: k8s/workers/base/scaling.yaml, its
+    ${modelVersion} resolved by k8s/render.py's rules, and model-rollout's minimum and maximum
+    (its parameters' defaults). The color (a name suffix) changes nothing simulated; the tests
+    check this against the ScaledObject `kubectl kustomize` renders."""
+    import yaml
+
+    (doc,) = [d for d in yaml.safe_load_all(SCALING_MANIFEST.read_text()) if d and d.get("kind") == "ScaledObject"]
+    doc = _render().resolve(doc, {"modelVersion": model_version})
+    doc["spec"].update(pipeline_limits())
+    return doc
+
+
 # --- the HPA ------------------------------------------------------------------------------
 
 
-def metric_replicas(trigger: Trigger, value: float, *, spec: int, status: int, ready: int,
+def metric_replicas(trigger: AnyTrigger, value: float, *, spec: int, status: int, ready: int,
                     tolerance: float = TOLERANCE) -> int:
     """The replica count one external metric asks for (replica_calculator.go).
 
@@ -363,24 +474,29 @@ class Hpa:
         return desired
 
 
+
+
 # --- KEDA ---------------------------------------------------------------------------------
 
 
 @dataclass
 class Keda:
-    """KEDA's scale loop for one ScaledObject: activation and the 0 <-> N steps."""
+    """KEDA's scale loop for one ScaledObject: activation, the 0 <-> N steps, the fallback."""
 
     scaling: Scaling
     last_active: int | None = None
 
-    def poll(self, now: int, *, current: int, active: bool) -> int:
-        """RequestScale: the replica count KEDA sets (``current`` when it leaves it to the HPA)."""
+    def poll(self, now: int, *, current: int, active: bool, error: bool = False) -> int:
+        """RequestScale: the replica count KEDA sets (``current`` when it leaves it to the HPA).
+        ``error``: a scaler failed this poll."""
         s = self.scaling
         if active:
             self.last_active = now
             if current == 0 or (s.idle_replicas is not None and current < s.min_replicas):
                 return s.hpa_min  # scaleFromZeroOrIdle
             return current
+        if error and s.fallback is not None and s.fallback.replicas != 0:
+            return s.fallback.replicas  # doFallbackScaling: no threshold, no HPA rules, even from 0
         idle = s.idle_replicas is not None and current > s.idle_replicas
         if idle or (current > 0 and s.min_replicas == 0):
             since = self.last_active if self.last_active is not None else 0
@@ -391,6 +507,57 @@ class Keda:
         if current < s.min_replicas and s.idle_replicas is None:
             return s.min_replicas
         return current
+
+
+def with_fallback(scaling: Scaling, trigger: AnyTrigger, value: float | None, failures: int) -> float | None:
+    """GetMetricsWithFallback: the value the HPA gets for a metric that failed ``failures`` reads
+    in a row (``value`` None: this read failed too). Past failureThreshold, an AverageValue metric
+    reads as fallback.replicas x its target (the target truncated to a whole number, as KEDA does)."""
+    f = scaling.fallback
+    if value is not None or f is None or trigger.metric_type != "AverageValue" or failures <= f.failure_threshold:
+        return value
+    return f.replicas * float(int(trigger.target))
+
+
+# --- Datadog ------------------------------------------------------------------------------
+
+
+@dataclass
+class Completions:
+    """Photos finished per second: what the workers report to Datadog, one count per job."""
+
+    before: float  # per second before the run (its steady state)
+    per_second: list[float] = field(default_factory=list)
+
+    def between(self, start: int, end: int) -> float:
+        """Photos finished in the seconds [start, end)."""
+        early = max(0, min(end, 0) - start) * self.before
+        return early + sum(self.per_second[max(start, 0):max(end, 0)])
+
+
+def datadog_reading(trigger: RateTrigger, completed: Completions, now: int, *,
+                    lag_s: int = DATADOG_LAG_S) -> float | None:
+    """What KEDA's datadog scaler returns at ``now`` (getQueryResult), None for an error.
+
+    Datadog holds the seconds before now - lag. The query covers [now - offset - age, now - offset]
+    in points of ``interval_s`` aligned to the clock, one per interval in which something was
+    completed; the last of them may still be filling. The scaler takes the newest point less
+    ``lastAvailablePointOffset`` (too few points: an error); no point at all is
+    ``metricUnavailableValue`` (an error without it)."""
+    to = now - trigger.window_offset_s
+    since = to - trigger.age_s
+    step = trigger.interval_s
+    points = []
+    for k in range(-(-since // step), to // step + 1):
+        start = k * step
+        done = completed.between(start, min(start + step, now - lag_s, to))
+        if done > 0:
+            points.append(done / step if trigger.per_second else done)
+    if not points:
+        return trigger.unavailable
+    if len(points) - 1 < trigger.point_offset:
+        return None  # "index is smaller than the lastAvailablePointOffset"
+    return points[len(points) - 1 - trigger.point_offset]
 
 
 # --- the workers and the run --------------------------------------------------------------
@@ -422,16 +589,22 @@ class Sample:
     at: int
     arrivals: float  # photos/s
     queue: float
-    desired: int  # what the metric asked for at the last HPA sync, before any rule
+    desired: int  # the largest proposal of the metrics at the last HPA sync, before any rule
     replicas: int
     starting: int
     ready: int
+    completed: float = 0.0  # photos finished in this second
+    load: float | None = None  # the load metric (datadog) at the last HPA sync; nan: unreadable
 
     def wait_s(self, rate: float) -> float:
         """Estimated wait of a new photo: backlog / (ready workers x rate)."""
         if self.queue <= 0:
             return 0.0
         return math.inf if self.ready == 0 else self.queue / (self.ready * rate)
+
+    def needed(self, rate: float) -> int:
+        """The fewest workers that serve this second's arrivals."""
+        return math.ceil(self.arrivals / rate - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -450,47 +623,87 @@ class Run:
     load_s: int
     samples: list[Sample]  # one per second
     steps: list[ScaleStep]
+    datadog_lag_s: int = DATADOG_LAG_S
+    datadog_down: tuple[int, int] | None = None
+
+    def first_scale_up_ready(self) -> int | None:
+        """When the pods of the first scale-up had loaded their model (None: no scale-up)."""
+        up = next((s for s in self.steps if s.after > s.before), None)
+        return None if up is None else up.at + self.load_s
+
+    def short(self) -> list[Sample]:
+        """The seconds, once the first scale-up is ready, with fewer pods than the load needs."""
+        ready = self.first_scale_up_ready()
+        if ready is None:
+            return []
+        return [s for s in self.samples[ready:] if s.replicas < s.needed(self.rate)]
 
 
-def simulate(scaling: Scaling, curve: Sequence[float], *, rate: float = 25.0, load_s: int = 600,
-             curve_name: str = "", initial: int | None = None) -> Run:
+def simulate(scaling: Scaling, curve: Sequence[float], *, rate: float = WORKER_RATE, load_s: int = MODEL_LOAD_S,
+             curve_name: str = "", initial: int | None = None, datadog_lag_s: int = DATADOG_LAG_S,
+             datadog_down: tuple[int, int] | None = None) -> Run:
     """Run a curve (photos/s per minute) through the ScaledObject, one second at a time.
 
     The run starts in a steady state: ``initial`` pods (by default the fewest that serve the
-    curve's first minute, within min/max), all ready, an empty queue, and an HPA that has just
-    recorded that count as its first recommendation."""
+    curve's first minute, within min/max), all ready, an empty queue, the workers finishing the
+    first minute's photos (also in Datadog's past), and an HPA that has just recorded that count
+    as its first recommendation. ``datadog_down``: the seconds [from, to) in which Datadog cannot
+    be read."""
     if initial is None:
         initial = min(max(math.ceil(curve[0] / rate), scaling.hpa_min), scaling.max_replicas)
     workers = Workers(load_s, [0] * initial)
     hpa = Hpa(scaling.hpa_min, scaling.max_replicas, scaling.up, scaling.down)
     keda = Keda(scaling, last_active=0)
-    queue, desired = 0.0, initial
-    polled: list[float] = [0.0] * len(scaling.triggers)
+    completed = Completions(before=min(curve[0], initial * rate))
+    queue, desired, load = 0.0, initial, None
+    polled: list[float | None] = [0.0] * len(scaling.triggers)
+    failures = [0] * len(scaling.triggers)
     samples: list[Sample] = []
     steps: list[ScaleStep] = []
     for now in range(len(curve) * 60):
         length = float(math.floor(queue))  # LLEN: whole messages
+        down = datadog_down is not None and datadog_down[0] <= now < datadog_down[1]
+
+        def read(trigger: AnyTrigger, now: int = now, length: float = length, down: bool = down) -> float | None:
+            if isinstance(trigger, Trigger):
+                return length
+            return None if down else datadog_reading(trigger, completed, now, lag_s=datadog_lag_s)
+
         if now % scaling.polling_s == 0:
-            polled = [length] * len(scaling.triggers)
-            active = any(length > t.activation for t in scaling.triggers)
-            after = keda.poll(now, current=len(workers), active=active)
+            polled = [read(t) for t in scaling.triggers]
+            active = any(v is not None and v > t.activation for t, v in zip(scaling.triggers, polled, strict=True))
+            error = any(v is None for v in polled)
+            after = keda.poll(now, current=len(workers), active=active, error=error)
             if after != len(workers):
                 steps.append(ScaleStep(now, "KEDA", len(workers), after))
                 workers.scale_to(after, now)
         if now % SYNC_PERIOD_S == 0 and len(workers) > 0:
             ready = workers.ready(now)
-            desired = max(metric_replicas(t, polled[i] if t.cached else length, spec=len(workers),
-                                          status=len(workers), ready=ready)
-                          for i, t in enumerate(scaling.triggers))
-            after = hpa.reconcile(now, current=len(workers), proposal=desired)
-            if after != len(workers):
-                steps.append(ScaleStep(now, "HPA", len(workers), after))
-                workers.scale_to(after, now)
+            values: list[float | None] = []
+            for i, t in enumerate(scaling.triggers):
+                value = polled[i] if t.cached else read(t)
+                failures[i] = 0 if value is not None else failures[i] + 1
+                values.append(with_fallback(scaling, t, value, failures[i]))
+            load = next((math.nan if v is None else v for t, v in zip(scaling.triggers, values, strict=True)
+                         if isinstance(t, RateTrigger)), None)
+            proposals = [metric_replicas(t, v, spec=len(workers), status=len(workers), ready=ready)
+                         for t, v in zip(scaling.triggers, values, strict=True) if v is not None]
+            if proposals:
+                desired = max(proposals)
+            # computeReplicasForMetrics: with a metric missing, scale only up, on the others.
+            if proposals and (len(proposals) == len(values) or desired >= len(workers)):
+                after = hpa.reconcile(now, current=len(workers), proposal=desired)
+                if after != len(workers):
+                    steps.append(ScaleStep(now, "HPA", len(workers), after))
+                    workers.scale_to(after, now)
         ready = workers.ready(now)
         arrivals = curve[now // 60]
-        samples.append(Sample(now, arrivals, queue, desired, len(workers), len(workers) - ready, ready))
-        queue = max(0.0, queue + arrivals - ready * rate)
-    return Run(scaling, curve_name, rate, load_s, samples, steps)
+        served = min(queue + arrivals, ready * rate)
+        completed.per_second.append(served)
+        samples.append(Sample(now, arrivals, queue, desired, len(workers), len(workers) - ready, ready,
+                              served, load))
+        queue = queue + arrivals - served
+    return Run(scaling, curve_name, rate, load_s, samples, steps, datadog_lag_s, datadog_down)
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -504,8 +717,21 @@ def describe(s: Scaling) -> str:
     cooldown = f"cooldownPeriod {s.cooldown_s} s{' (only 1 -> 0 uses it)' if s.min_replicas else ''}"
     lines = [f"ScaledObject {s.name}: replicas {s.min_replicas}..{s.max_replicas}, "
              f"pollingInterval {s.polling_s} s, {cooldown}"]
-    lines += [f"  trigger: list {t.list_name}, {t.metric_type} target listLength {t.target:g}, "
-              f"activation > {t.activation:g}{', cached metric' if t.cached else ''}" for t in s.triggers]
+    for t in s.triggers:
+        cached = ", cached metric" if t.cached else ""
+        if isinstance(t, Trigger):
+            lines.append(f"  backlog trigger: list {t.list_name}, {t.metric_type} target listLength {t.target:g}, "
+                         f"activation > {t.activation:g}{cached}")
+        else:
+            unavailable = "an error" if t.unavailable is None else f"{t.unavailable:g}"
+            lines.append(f"  load trigger: Datadog {t.query}, {t.metric_type} target queryValue {t.target:g}, "
+                         f"activation > {t.activation:g}{cached}")
+            lines.append(f"    window {t.age_s} s ending {t.window_offset_s} s ago, {t.interval_s} s points, "
+                         f"newest {t.point_offset} skipped; no point: {unavailable}")
+    if s.fallback:
+        lines.append(f"  fallback: {s.fallback.replicas} replicas after {s.fallback.failure_threshold} failures")
+    else:
+        lines.append("  no fallback: a metric KEDA cannot read is left out; no scale-down while one is missing")
     if s.up and s.down:
         for word, r in (("up", s.up), ("down", s.down)):
             policies = ", ".join(f"{p.value}{'%' if p.type == 'Percent' else ' pods'}/{p.period_s}s"
@@ -519,15 +745,17 @@ def describe(s: Scaling) -> str:
 
 
 def table(run: Run, every_s: int = 60) -> str:
-    """The run every ``every_s`` seconds, and at every scaling step."""
+    """The run every ``every_s`` seconds, and at every scaling step. ``load/s`` is the load
+    metric the HPA read at its last sync (``err``: Datadog unreadable)."""
     at = {s.at for s in run.steps} | set(range(0, len(run.samples), every_s))
-    rows = [f"{'time':>8} {'photos/s':>9} {'queue':>8} {'desired':>8} {'pods':>5} {'starting':>9} "
+    rows = [f"{'time':>8} {'photos/s':>9} {'queue':>8} {'load/s':>7} {'desired':>8} {'pods':>5} {'starting':>9} "
             f"{'ready':>6} {'est. wait':>10}"]
     for s in (run.samples[t] for t in sorted(at)):
         wait = s.wait_s(run.rate)
         shown = "inf" if math.isinf(wait) else f"{wait:.1f} s"
-        rows.append(f"{clock(s.at):>8} {s.arrivals:>9.1f} {s.queue:>8.0f} {s.desired:>8d} {s.replicas:>5d} "
-                    f"{s.starting:>9d} {s.ready:>6d} {shown:>10}")
+        load = "-" if s.load is None else "err" if math.isnan(s.load) else f"{s.load:.1f}"
+        rows.append(f"{clock(s.at):>8} {s.arrivals:>9.1f} {s.queue:>8.0f} {load:>7} {s.desired:>8d} "
+                    f"{s.replicas:>5d} {s.starting:>9d} {s.ready:>6d} {shown:>10}")
     return "\n".join(rows)
 
 
@@ -536,41 +764,70 @@ def summary(run: Run) -> str:
     worst = max(range(len(waits)), key=waits.__getitem__)
     steps = "; ".join(f"{clock(s.at)} {s.by} {s.before}->{s.after}" for s in run.steps) or "none"
     pod_hours = sum(s.replicas for s in run.samples) / 3600
+    ready = run.first_scale_up_ready()
+    if ready is None:
+        load = "no scale-up"
+    else:
+        short = run.short()
+        load = (f"after the first scale-up was ready ({clock(ready)}): pods below the load's need "
+                f"(ceil(photos/s / {run.rate:g})) for {len(short)} s")
+        if short:
+            worst_short = min(short, key=lambda s: (s.replicas - s.needed(run.rate), s.at))
+            load += (f"; fewest {worst_short.replicas} pods for {worst_short.arrivals:g} photos/s (needing "
+                     f"{worst_short.needed(run.rate)}) at {clock(worst_short.at)}")
     return "\n".join([
         f"scaling steps: {steps}",
         f"longest estimated wait {waits[worst]:.1f} s at {clock(worst)}; "
         f"over 10 s for {sum(w > 10 for w in waits)} s, over 60 s for {sum(w > 60 for w in waits)} s",
+        load,
         f"pod-hours {pod_hours:.1f} (ready {sum(s.ready for s in run.samples) / 3600:.1f}); "
         f"photos served {sum(s.arrivals for s in run.samples) - run.samples[-1].queue:.0f}",
     ])
 
 
 def report(run: Run, every_s: int = 60) -> str:
+    down = "" if run.datadog_down is None else \
+        f"; Datadog unreadable {clock(run.datadog_down[0])}-{clock(run.datadog_down[1])}"
     return "\n".join([
         f"== curve {run.curve}: {len(run.samples) // 60} min; {run.rate:g} photos/s per ready worker, "
-        f"model load {run.load_s} s",
+        f"model load {run.load_s} s; Datadog {run.datadog_lag_s} s behind{down}",
         describe(run.scaling), "", table(run, every_s), "", summary(run), "",
     ])
 
 
+def minutes(text: str) -> tuple[int, int]:
+    start, _, end = text.partition("-")
+    return int(start) * 60, int(end) * 60
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cli = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n\n")[0])
-    cli.add_argument("--scaledobject", type=Path, help="YAML file with the ScaledObject (default: built in)")
+    cli.add_argument("--scaledobject", type=Path,
+                     help="YAML file with the ScaledObject (default: the workers', k8s/workers/base/scaling.yaml)")
     cli.add_argument("--name", help="which ScaledObject when the file holds several")
+    cli.add_argument("--backlog-only", action="store_true", help="leave the load (datadog) triggers out")
     cli.add_argument("--curve", choices=sorted(CURVES), action="append", help="a curve to run (default: all)")
-    cli.add_argument("--rate", type=float, default=25.0, help="photos/s one ready worker serves (default 25)")
-    cli.add_argument("--load-s", type=int, default=600, help="seconds from pod start to ready (default 600)")
+    cli.add_argument("--rate", type=float, default=WORKER_RATE,
+                     help=f"photos/s one ready worker serves (default {WORKER_RATE:g})")
+    cli.add_argument("--load-s", type=int, default=MODEL_LOAD_S,
+                     help=f"seconds from pod start to ready (default {MODEL_LOAD_S})")
+    cli.add_argument("--datadog-lag-s", type=int, default=DATADOG_LAG_S,
+                     help=f"seconds from a job's end until Datadog has it (default {DATADOG_LAG_S})")
+    cli.add_argument("--datadog-down", type=minutes, metavar="FROM-TO",
+                     help="minutes of the curve in which Datadog cannot be read, e.g. 60-120")
     cli.add_argument("--every", type=int, default=60, help="table row every N seconds (default 60)")
     args = cli.parse_args(argv)
     try:
-        doc = DEFAULT_SCALED_OBJECT
-        if args.scaledobject is not None:
-            doc = load_scaled_object(args.scaledobject, args.name)
+        doc = repository_scaled_object() if args.scaledobject is None else \
+            load_scaled_object(args.scaledobject, args.name)
         scaling = scaling_from(doc)
+        if args.backlog_only:
+            scaling = scaling.without_load()
     except (OSError, ValueError, KeyError) as e:
         cli.error(str(e))
     for name in args.curve or list(CURVES):
-        run = simulate(scaling, CURVES[name], rate=args.rate, load_s=args.load_s, curve_name=name)
+        run = simulate(scaling, CURVES[name], rate=args.rate, load_s=args.load_s, curve_name=name,
+                       datadog_lag_s=args.datadog_lag_s, datadog_down=args.datadog_down)
         sys.stdout.write(report(run, args.every))
     return 0
 

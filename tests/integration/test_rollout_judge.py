@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from PIL import Image
 
 from harness import ROOT, Stack, stack_env, start_redis
+from harness.chaos import Row, model_loads
 from models_registry.evaluate import bundled_photos
 
 pytestmark = pytest.mark.integration
@@ -84,15 +87,18 @@ class Sellers:
         self.stack = stack
         self.photos = photos()
         self.answers: list[tuple[int, dict]] = []
+        self.seconds: list[float] = []
 
     def list_items(self, rounds: int) -> list[dict]:
         bodies = []
         with self.stack.client(timeout=90) as client:
             for _ in range(rounds):
                 for name, data, category in self.photos:
+                    sent = time.monotonic()
                     response = client.post("/v1/recognize?wait=30", files={"image": (f"{name}.jpg", data,
                                                                                        "image/jpeg")})
                     body = response.json()
+                    self.seconds.append(time.monotonic() - sent)
                     self.answers.append((response.status_code, body))
                     bodies.append(body)
                     if response.status_code == 200 and body["status"] == "succeeded":
@@ -104,7 +110,9 @@ class Sellers:
         return [(status, body) for status, body in self.answers if status != 200 or body["status"] != "succeeded"]
 
 
-def test_a_bad_version_is_refused_by_the_judge_and_rolled_back_by_the_guard(drill: Stack) -> None:
+@pytest.mark.chaos
+def test_a_bad_version_is_refused_by_the_judge_and_rolled_back_by_the_guard(drill: Stack,
+                                                                              chaos_rows: list[Row]) -> None:
     stack = drill
     sellers = Sellers(stack)
     assert registry(stack, "judge", "3").returncode == 2  # no data yet: wait
@@ -140,6 +148,7 @@ def test_a_bad_version_is_refused_by_the_judge_and_rolled_back_by_the_guard(dril
     promoted = sellers.list_items(rounds=2)
     assert {b["model"]["version"] for b in promoted} == {"3"}
 
+    guard_started = time.monotonic()
     guarded = registry(stack, "guard", "--once", "--min-jobs", "10")
     assert guarded.returncode == 0, guarded.stderr
     assert "guard: rolled_back" in guarded.stdout, guarded.stdout
@@ -149,7 +158,14 @@ def test_a_bad_version_is_refused_by_the_judge_and_rolled_back_by_the_guard(dril
     assert "rollback" in history and "by guard" in history and "reason: guard: version 3 degraded" in history
 
     after = sellers.list_items(rounds=1)
+    recovered = time.monotonic() - guard_started  # the guard's judgment + rollback, and 6 photos on version 1
     assert {b["model"]["version"] for b in after} == {"1"}
+    reloads = sum(model_loads(p.output()) - 1 for p in stack.processes if p.name.startswith("judge-"))
+    p99 = statistics.quantiles(sellers.seconds, n=100)[98]
+    chaos_rows.append(Row("bad model version: judge refuses, forced promote, guard rolls back",
+                          len(sellers.answers), sum(status == 202 for status, _ in sellers.answers),
+                          sum(status != 202 for status, _ in sellers.failed()), 0, round(p99, 2), round(recovered, 2),
+                          reloads))
     assert not sellers.failed(), sellers.failed()[:3]
     assert len(sellers.answers) == 6 * 7
     accuracy = json.loads(registry(stack, "accuracy", "--json").stdout)["rows"]

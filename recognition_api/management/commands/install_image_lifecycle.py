@@ -11,7 +11,7 @@ from common.imagestore import S3ImageStore, image_store_from_url
 class Command(BaseCommand):
     help = ("Install the S3 lifecycle rule that expires uploaded photos after IMAGE_TTL_SECONDS, scoped to "
             "IMAGE_STORE_URL's prefix, keeping the bucket's other rules. Run once per bucket and prefix, and "
-            "after changing IMAGE_TTL_SECONDS (k8s/jobs/image-lifecycle.yaml).")
+            "after changing IMAGE_TTL_SECONDS (k8s/jobs/image-lifecycle/).")
 
     def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
         parser.add_argument("--dry-run", action="store_true", help="print the rule, change nothing")
