@@ -43,7 +43,7 @@ IMAGE_PACKAGES = {
     "Dockerfile.api": """
         amqp asgiref async-timeout attrs billiard boto3 botocore celery certifi charset-normalizer
         click click-didyoumean click-plugins click-repl datadog django djangorestframework
-        drf-spectacular gunicorn hiredis idna inflection jmespath jsonschema
+        drf-spectacular drf-spectacular-sidecar gunicorn hiredis idna inflection jmespath jsonschema
         jsonschema-specifications kombu numpy packaging pillow pillow-heif prompt-toolkit
         python-dateutil python-json-logger pyyaml redis referencing requests rpds-py s3transfer six
         sqlparse typing-extensions tzlocal uritemplate urllib3 vine wcwidth
@@ -52,7 +52,7 @@ IMAGE_PACKAGES = {
     "Dockerfile.worker": """
         absl-py amqp asgiref astunparse async-timeout attrs billiard blake3 boto3 botocore celery certifi
         charset-normalizer click click-didyoumean click-plugins click-repl datadog django
-        djangorestframework drf-spectacular flatbuffers gast google-pasta grpcio gunicorn h5py
+        djangorestframework drf-spectacular drf-spectacular-sidecar flatbuffers gast google-pasta grpcio gunicorn h5py
         hiredis idna inflection jmespath jsonschema jsonschema-specifications keras kombu libclang
         markdown-it-py mdurl ml-dtypes namex numpy onnxruntime opencv-python-headless opt-einsum
         optree packaging pillow pillow-heif prompt-toolkit protobuf pyclipper pygments
