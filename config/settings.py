@@ -240,7 +240,11 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "common.logs.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "common.logs.RequestIdFilter"},
+        "throttle": {"()": "common.logs.Throttle", "seconds": 600},
+        "quiet_readiness": {"()": "common.logs.QuietReadiness"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -256,4 +260,9 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {
+        # "Connection refused" from DogStatsD where no agent listens: once, then once per 10 min.
+        "datadog.dogstatsd": {"filters": ["throttle"]},
+        "django.request": {"filters": ["quiet_readiness"]},
+    },
 }

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
 from typing import Any
 
@@ -37,12 +38,18 @@ def bundled_photos() -> list[tuple[str, np.ndarray, str]]:
     ]
 
 
-def _run(runtime: Any, images: list[np.ndarray]) -> tuple[list[dict[str, Any]], float]:
+def _run(runtime: Any, images: list[np.ndarray], *, desc: str | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Results and seconds per image; with ``desc``, a progress bar on stderr (a build takes minutes)."""
+    from tqdm import tqdm
+
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for i in range(0, len(images), BATCH):
-        prepared = [runtime.prepare(rgb) for rgb in images[i : i + BATCH]]
-        results += runtime.predict(prepared)
+    with tqdm(total=len(images), desc=desc, unit="photo", disable=desc is None, leave=False,
+              mininterval=1.0, file=sys.stderr) as bar:
+        for i in range(0, len(images), BATCH):
+            prepared = [runtime.prepare(rgb) for rgb in images[i : i + BATCH]]
+            results += runtime.predict(prepared)
+            bar.update(len(prepared))
     return results, (time.perf_counter() - started) / max(1, len(images))
 
 
@@ -61,7 +68,7 @@ def evaluate_volume(volume: ModelVolume, *, count: int = 200, runtime: Any = Non
     side = runtime.decode_max_side
     samples = list(generate("test", count))
     images = [decode_rgb(s.jpeg, max_side=side) for s in samples]
-    results, per_image = _run(runtime, images)
+    results, per_image = _run(runtime, images, desc=f"evaluating {volume.name}/{volume.version}")
     metrics: dict[str, Any] = {}
     for name, truth in (("color", [s.color for s in samples]), ("brand", [s.brand for s in samples]),
                         ("category", [s.category for s in samples])):
