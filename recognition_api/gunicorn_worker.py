@@ -114,8 +114,14 @@ class JsonAccessLogger(glogging.Logger):
     """Gunicorn's access log as one JSON object per request, built with ``json.dumps``: a path with
     quotes, backslashes or (decoded) newlines cannot break the line or forge another."""
 
+    # Probes (Kubernetes every few seconds, scripts/up's start-up polling) are not access-logged
+    # unless API_ACCESS_LOG_PROBES=1: a line per probe buries the requests that matter.
+    PROBES = frozenset({"/healthz", "/readyz"})
+
     def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]
         if not self.access_log_enabled:
+            return
+        if req.path in self.PROBES and os.environ.get("API_ACCESS_LOG_PROBES", "0") != "1":
             return
         atoms = self.atoms(resp, req, environ, request_time)
         status = str(atoms.get("s", "-")).split(" ", 1)[0]
