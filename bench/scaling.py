@@ -1,9 +1,9 @@
 """Scaling simulation: a recorded load curve through KEDA and the HPA's scaling rules.
 
-    python -m bench.scaling                                   # every built-in curve, the workers' ScaledObject
-    python -m bench.scaling --curve spike                     # one curve
-    python -m bench.scaling --curve day --backlog-only        # without the load trigger (as it was)
-    python -m bench.scaling --curve day --datadog-down 60-120 # Datadog unreadable from minute 60 to 120
+    python -m bench.scaling                                    # every built-in curve, the workers'
+    python -m bench.scaling --curve spike                      # one curve
+    python -m bench.scaling --curve day --backlog-only         # without the load trigger (as it was)
+    python -m bench.scaling --curve day --datadog-down 60-120  # Datadog unreadable, minutes 60 to 120
     python -m bench.scaling --scaledobject path/to/scaledobject.yaml --rate 25 --load-s 600
 
 Prints, per curve, a table over time (arrivals, queue, the load metric, desired count, pods
@@ -270,10 +270,12 @@ def scaling_from(doc: Mapping[str, Any]) -> Scaling:
         else:
             skipped.append(f"{raw.get('type')} {raw.get('name', '')}".strip())
     if not triggers:
-        raise ValueError("no trigger to simulate: a redis list (redis, redis-sentinel or redis-cluster with a "
-                         f"listName) or datadog on {COMPLETED_METRIC}")
+        raise ValueError("no trigger to simulate: a redis list (redis, redis-sentinel or redis-cluster with "
+                         f"a listName) or datadog on {COMPLETED_METRIC}")
     behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
     fallback = spec.get("fallback")
+    if fallback is not None:
+        fallback = Fallback(int(fallback["failureThreshold"]), int(fallback["replicas"]))
     return Scaling(
         name=doc.get("metadata", {}).get("name", "?"),
         min_replicas=int(spec.get("minReplicaCount", 0)),
@@ -286,7 +288,7 @@ def scaling_from(doc: Mapping[str, Any]) -> Scaling:
         up=None if behavior is None else scale_up_rules(behavior.get("scaleUp")),
         down=None if behavior is None else scale_down_rules(behavior.get("scaleDown")),
         skipped=tuple(skipped),
-        fallback=None if fallback is None else Fallback(int(fallback["failureThreshold"]), int(fallback["replicas"])),
+        fallback=fallback,
     )
 
 
@@ -320,13 +322,17 @@ def pipeline_limits(pipeline: Path = ROLLOUT_PIPELINE) -> dict[str, int]:
     defaults = {q["name"]: q.get("default") for q in p["parameterConfig"]}
     limits: dict[str, int] = {}
     for stage in p["stages"]:
-        if stage.get("type") == "patchManifest" and stage.get("manifestName", "").startswith("scaledObject.keda.sh"):
-            for key in ("minReplicaCount", "maxReplicaCount"):
-                named = re.fullmatch(r"\$\{#toInt\(parameters\.(\w+)\)\}", str(stage["patchBody"]["spec"].get(key)))
-                if named:
-                    limits[key] = int(defaults[named[1]])
+        if stage.get("type") != "patchManifest" or \
+                not stage.get("manifestName", "").startswith("scaledObject.keda.sh"):
+            continue
+        for key in ("minReplicaCount", "maxReplicaCount"):
+            value = str(stage["patchBody"]["spec"].get(key))
+            named = re.fullmatch(r"\$\{#toInt\(parameters\.(\w+)\)\}", value)
+            if named:
+                limits[key] = int(defaults[named[1]])
     if set(limits) != {"minReplicaCount", "maxReplicaCount"}:
-        raise ValueError(f"{pipeline}: no patch of a ScaledObject's minReplicaCount and maxReplicaCount from parameters")
+        raise ValueError(f"{pipeline}: no patch of a ScaledObject's minReplicaCount and maxReplicaCount "
+                         "from parameters")
     return limits
 
 
@@ -337,7 +343,8 @@ def repository_scaled_object(model_version: str = "1") -> dict[str, Any]:
     check this against the ScaledObject `kubectl kustomize` renders."""
     import yaml
 
-    (doc,) = [d for d in yaml.safe_load_all(SCALING_MANIFEST.read_text()) if d and d.get("kind") == "ScaledObject"]
+    docs = yaml.safe_load_all(SCALING_MANIFEST.read_text())
+    (doc,) = [d for d in docs if d and d.get("kind") == "ScaledObject"]
     doc = _render().resolve(doc, {"modelVersion": model_version})
     doc["spec"].update(pipeline_limits())
     return doc
@@ -367,6 +374,20 @@ def metric_replicas(trigger: AnyTrigger, value: float, *, spec: int, status: int
     if abs(1.0 - ratio) > tolerance:
         return math.ceil(value / trigger.target)
     return status
+
+
+def metrics_proposal(triggers: Sequence[AnyTrigger], values: Sequence[float | None], *, current: int,
+                     ready: int) -> tuple[int | None, bool]:
+    """computeReplicasForMetrics: a proposal per metric (each with its own tolerance), the largest
+    of those that could be read (None: none could), and whether the HPA acts on it at all: with a
+    metric missing, only to scale up, on the others (invalidMetricsCount > 0 && replicas <
+    specReplicas is an error, and the sync changes nothing)."""
+    proposals = [metric_replicas(t, v, spec=current, status=current, ready=ready)
+                 for t, v in zip(triggers, values, strict=True) if v is not None]
+    if not proposals:
+        return None, False
+    largest = max(proposals)
+    return largest, len(proposals) == len(values) or largest >= current
 
 
 @dataclass(frozen=True)
@@ -514,8 +535,10 @@ def with_fallback(scaling: Scaling, trigger: AnyTrigger, value: float | None, fa
     in a row (``value`` None: this read failed too). Past failureThreshold, an AverageValue metric
     reads as fallback.replicas x its target (the target truncated to a whole number, as KEDA does)."""
     f = scaling.fallback
-    if value is not None or f is None or trigger.metric_type != "AverageValue" or failures <= f.failure_threshold:
+    if value is not None or f is None or trigger.metric_type != "AverageValue":
         return value
+    if failures <= f.failure_threshold:
+        return None
     return f.replicas * float(int(trigger.target))
 
 
@@ -631,17 +654,21 @@ class Run:
         up = next((s for s in self.steps if s.after > s.before), None)
         return None if up is None else up.at + self.load_s
 
+    def needed(self, sample: Sample) -> int:
+        """The fewest workers that serve a second's arrivals, within the maximum."""
+        return min(sample.needed(self.rate), self.scaling.max_replicas)
+
     def short(self) -> list[Sample]:
         """The seconds, once the first scale-up is ready, with fewer pods than the load needs."""
         ready = self.first_scale_up_ready()
         if ready is None:
             return []
-        return [s for s in self.samples[ready:] if s.replicas < s.needed(self.rate)]
+        return [s for s in self.samples[ready:] if s.replicas < self.needed(s)]
 
 
-def simulate(scaling: Scaling, curve: Sequence[float], *, rate: float = WORKER_RATE, load_s: int = MODEL_LOAD_S,
-             curve_name: str = "", initial: int | None = None, datadog_lag_s: int = DATADOG_LAG_S,
-             datadog_down: tuple[int, int] | None = None) -> Run:
+def simulate(scaling: Scaling, curve: Sequence[float], *, rate: float = WORKER_RATE,
+             load_s: int = MODEL_LOAD_S, curve_name: str = "", initial: int | None = None,
+             datadog_lag_s: int = DATADOG_LAG_S, datadog_down: tuple[int, int] | None = None) -> Run:
     """Run a curve (photos/s per minute) through the ScaledObject, one second at a time.
 
     The run starts in a steady state: ``initial`` pods (by default the fewest that serve the
@@ -664,14 +691,16 @@ def simulate(scaling: Scaling, curve: Sequence[float], *, rate: float = WORKER_R
         length = float(math.floor(queue))  # LLEN: whole messages
         down = datadog_down is not None and datadog_down[0] <= now < datadog_down[1]
 
-        def read(trigger: AnyTrigger, now: int = now, length: float = length, down: bool = down) -> float | None:
+        def read(trigger: AnyTrigger, now: int = now, length: float = length,
+                 down: bool = down) -> float | None:
             if isinstance(trigger, Trigger):
                 return length
             return None if down else datadog_reading(trigger, completed, now, lag_s=datadog_lag_s)
 
         if now % scaling.polling_s == 0:
             polled = [read(t) for t in scaling.triggers]
-            active = any(v is not None and v > t.activation for t, v in zip(scaling.triggers, polled, strict=True))
+            active = any(v is not None and v > t.activation
+                         for t, v in zip(scaling.triggers, polled, strict=True))
             error = any(v is None for v in polled)
             after = keda.poll(now, current=len(workers), active=active, error=error)
             if after != len(workers):
@@ -686,12 +715,9 @@ def simulate(scaling: Scaling, curve: Sequence[float], *, rate: float = WORKER_R
                 values.append(with_fallback(scaling, t, value, failures[i]))
             load = next((math.nan if v is None else v for t, v in zip(scaling.triggers, values, strict=True)
                          if isinstance(t, RateTrigger)), None)
-            proposals = [metric_replicas(t, v, spec=len(workers), status=len(workers), ready=ready)
-                         for t, v in zip(scaling.triggers, values, strict=True) if v is not None]
-            if proposals:
-                desired = max(proposals)
-            # computeReplicasForMetrics: with a metric missing, scale only up, on the others.
-            if proposals and (len(proposals) == len(values) or desired >= len(workers)):
+            largest, acts = metrics_proposal(scaling.triggers, values, current=len(workers), ready=ready)
+            desired = desired if largest is None else largest
+            if acts:
                 after = hpa.reconcile(now, current=len(workers), proposal=desired)
                 if after != len(workers):
                     steps.append(ScaleStep(now, "HPA", len(workers), after))
@@ -720,18 +746,20 @@ def describe(s: Scaling) -> str:
     for t in s.triggers:
         cached = ", cached metric" if t.cached else ""
         if isinstance(t, Trigger):
-            lines.append(f"  backlog trigger: list {t.list_name}, {t.metric_type} target listLength {t.target:g}, "
-                         f"activation > {t.activation:g}{cached}")
+            lines.append(f"  backlog trigger: list {t.list_name}, {t.metric_type} target listLength "
+                         f"{t.target:g}, activation > {t.activation:g}{cached}")
         else:
             unavailable = "an error" if t.unavailable is None else f"{t.unavailable:g}"
-            lines.append(f"  load trigger: Datadog {t.query}, {t.metric_type} target queryValue {t.target:g}, "
-                         f"activation > {t.activation:g}{cached}")
+            lines.append(f"  load trigger: Datadog {t.query}, {t.metric_type} target queryValue "
+                         f"{t.target:g}, activation > {t.activation:g}{cached}")
             lines.append(f"    window {t.age_s} s ending {t.window_offset_s} s ago, {t.interval_s} s points, "
                          f"newest {t.point_offset} skipped; no point: {unavailable}")
     if s.fallback:
-        lines.append(f"  fallback: {s.fallback.replicas} replicas after {s.fallback.failure_threshold} failures")
+        lines.append(f"  fallback: {s.fallback.replicas} replicas after {s.fallback.failure_threshold} "
+                     "failures")
     else:
-        lines.append("  no fallback: a metric KEDA cannot read is left out; no scale-down while one is missing")
+        lines.append("  no fallback: a metric KEDA cannot read is left out; no scale-down while one is "
+                     "missing")
     if s.up and s.down:
         for word, r in (("up", s.up), ("down", s.down)):
             policies = ", ".join(f"{p.value}{'%' if p.type == 'Percent' else ' pods'}/{p.period_s}s"
@@ -748,8 +776,8 @@ def table(run: Run, every_s: int = 60) -> str:
     """The run every ``every_s`` seconds, and at every scaling step. ``load/s`` is the load
     metric the HPA read at its last sync (``err``: Datadog unreadable)."""
     at = {s.at for s in run.steps} | set(range(0, len(run.samples), every_s))
-    rows = [f"{'time':>8} {'photos/s':>9} {'queue':>8} {'load/s':>7} {'desired':>8} {'pods':>5} {'starting':>9} "
-            f"{'ready':>6} {'est. wait':>10}"]
+    rows = [f"{'time':>8} {'photos/s':>9} {'queue':>8} {'load/s':>7} {'desired':>8} {'pods':>5} "
+            f"{'starting':>9} {'ready':>6} {'est. wait':>10}"]
     for s in (run.samples[t] for t in sorted(at)):
         wait = s.wait_s(run.rate)
         shown = "inf" if math.isinf(wait) else f"{wait:.1f} s"
@@ -761,7 +789,7 @@ def table(run: Run, every_s: int = 60) -> str:
 
 def summary(run: Run) -> str:
     waits = [s.wait_s(run.rate) for s in run.samples]
-    worst = max(range(len(waits)), key=waits.__getitem__)
+    longest = max(range(len(waits)), key=waits.__getitem__)
     steps = "; ".join(f"{clock(s.at)} {s.by} {s.before}->{s.after}" for s in run.steps) or "none"
     pod_hours = sum(s.replicas for s in run.samples) / 3600
     ready = run.first_scale_up_ready()
@@ -769,15 +797,18 @@ def summary(run: Run) -> str:
         load = "no scale-up"
     else:
         short = run.short()
+        fewest = min(run.samples[ready:], key=lambda s: (s.replicas, s.at), default=None)
         load = (f"after the first scale-up was ready ({clock(ready)}): pods below the load's need "
-                f"(ceil(photos/s / {run.rate:g})) for {len(short)} s")
+                f"(ceil(photos/s / {run.rate:g}), at most {run.scaling.max_replicas}) for {len(short)} s")
         if short:
-            worst_short = min(short, key=lambda s: (s.replicas - s.needed(run.rate), s.at))
-            load += (f"; fewest {worst_short.replicas} pods for {worst_short.arrivals:g} photos/s (needing "
-                     f"{worst_short.needed(run.rate)}) at {clock(worst_short.at)}")
+            worst = min(short, key=lambda s: (s.replicas - run.needed(s), s.at))
+            load += (f"; the most short: {worst.replicas} pods for {worst.arrivals:g} photos/s (needing "
+                     f"{run.needed(worst)}) at {clock(worst.at)}")
+        elif fewest is not None:
+            load += f"; fewest pods {fewest.replicas} at {clock(fewest.at)}"
     return "\n".join([
         f"scaling steps: {steps}",
-        f"longest estimated wait {waits[worst]:.1f} s at {clock(worst)}; "
+        f"longest estimated wait {waits[longest]:.1f} s at {clock(longest)}; "
         f"over 10 s for {sum(w > 10 for w in waits)} s, over 60 s for {sum(w > 60 for w in waits)} s",
         load,
         f"pod-hours {pod_hours:.1f} (ready {sum(s.ready for s in run.samples) / 3600:.1f}); "
@@ -803,7 +834,7 @@ def minutes(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     cli = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n\n")[0])
     cli.add_argument("--scaledobject", type=Path,
-                     help="YAML file with the ScaledObject (default: the workers', k8s/workers/base/scaling.yaml)")
+                     help="YAML file with the ScaledObject (default: k8s/workers/base/scaling.yaml's)")
     cli.add_argument("--name", help="which ScaledObject when the file holds several")
     cli.add_argument("--backlog-only", action="store_true", help="leave the load (datadog) triggers out")
     cli.add_argument("--curve", choices=sorted(CURVES), action="append", help="a curve to run (default: all)")

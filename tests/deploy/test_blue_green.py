@@ -16,10 +16,13 @@ VERSIONS = ("1", "2", "17", "2024.06.1")
 
 
 def color_documents(color: str, version: str) -> dict[str, dict[str, Any]]:
-    """The color's objects by kind, apart from the shared settings (recognition-config)."""
+    """The color's objects by kind (the TriggerAuthentications by kind and what they authenticate,
+    "TriggerAuthentication/redis" and "TriggerAuthentication/datadog"), apart from the shared
+    settings (recognition-config)."""
     docs = [d for d in rendered(K8S / "workers" / color, modelVersion=version)
             if base_name(d) != "recognition-config"]
-    by_kind = {d["kind"]: d for d in docs}
+    by_kind = {d["kind"] if d["kind"] != "TriggerAuthentication"
+               else f"TriggerAuthentication/{d['metadata']['name'].split('-')[1]}": d for d in docs}
     assert len(by_kind) == len(docs), "one object of each kind"
     return by_kind
 
@@ -40,8 +43,9 @@ def differences(a: Any, b: Any, path: str = "") -> dict[str, tuple[Any, Any]]:
 
 def test_each_color_renders_the_same_kinds_of_objects() -> None:
     for color in COLORS:
-        assert set(color_documents(color, "1")) == {"ConfigMap", "Deployment", "PodDisruptionBudget",
-                                                    "ScaledObject", "TriggerAuthentication"}
+        assert set(color_documents(color, "1")) == {
+            "ConfigMap", "Deployment", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication/redis",
+            "TriggerAuthentication/datadog"}
 
 
 @pytest.mark.parametrize(("v_blue", "v_green"), [("1", "2"), ("2", "2"), ("17", "2024.06.1")])
@@ -56,7 +60,7 @@ def test_blue_and_green_differ_only_in_color_and_model_version(v_blue: str, v_gr
         if a == v_blue and b == v_green:
             continue
         swapped = a.replace("blue", "green")
-        for template in ("model-reference-{}", "/reference/{}", "recognize.{}"):
+        for template in ("model-reference-{}", "/reference/{}", "recognize.{}", "model_version:{}"):
             swapped = swapped.replace(template.format(v_blue), template.format(v_green))
         assert swapped == b, f"{path}: {a!r} -> {b!r}"
     if v_blue == v_green:
@@ -68,7 +72,7 @@ def test_blue_and_green_differ_only_in_color_and_model_version(v_blue: str, v_gr
 def test_a_color_names_labels_mounts_and_queues_the_version_it_is_given(color: str, version: str) -> None:
     docs = color_documents(color, version)
     deployment, budget, config = docs["Deployment"], docs["PodDisruptionBudget"], docs["ConfigMap"]
-    scaled, auth = docs["ScaledObject"], docs["TriggerAuthentication"]
+    scaled = docs["ScaledObject"]
     assert deployment["metadata"]["name"] == budget["metadata"]["name"] == scaled["metadata"]["name"] \
         == f"worker-{color}"
     assert base_name(config) == f"worker-{color}" and config["metadata"]["name"] != f"worker-{color}"
@@ -95,9 +99,13 @@ def test_a_color_names_labels_mounts_and_queues_the_version_it_is_given(color: s
     assert all(m.get("readOnly") for m in worker["volumeMounts"] if m["name"] != "tmp")
     # KEDA scales this Deployment on this version's queue, with this color's credentials.
     assert scaled["spec"]["scaleTargetRef"] == {"name": f"worker-{color}"}
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["metadata"]["listName"] == queue_for(version)
-    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]} and color in auth["metadata"]["name"]
+    backlog, load = scaled["spec"]["triggers"]
+    assert backlog["metadata"]["listName"] == queue_for(version)
+    assert load["metadata"]["query"].startswith(f"sum:recognition.job.completed{{model_version:{version}}}")
+    for trigger, kind in ((backlog, "redis"), (load, "datadog")):
+        auth = docs[f"TriggerAuthentication/{kind}"]
+        assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+        assert color in auth["metadata"]["name"]
     # Neither the Deployment nor the ScaledObject fixes a count: the pipelines' patches own them.
     assert "replicas" not in deployment["spec"]
     assert "minReplicaCount" not in scaled["spec"] and "maxReplicaCount" not in scaled["spec"]

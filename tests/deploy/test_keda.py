@@ -27,9 +27,9 @@ MODEL_LOAD_SECONDS = 600
 # ignores it.
 SCALER_PARAMETERS = {
     "redis-sentinel": {"addresses", "hosts", "ports", "addressesFromEnv", "hostsFromEnv", "portsFromEnv",
-                       "usernameFromEnv", "passwordFromEnv", "sentinelUsernameFromEnv", "sentinelPasswordFromEnv",
-                       "sentinelMaster", "sentinelMasterFromEnv", "databaseIndex", "listName", "listLength",
-                       "activationListLength", "enableTLS", "unsafeSsl"},
+                       "usernameFromEnv", "passwordFromEnv", "sentinelUsernameFromEnv",
+                       "sentinelPasswordFromEnv", "sentinelMaster", "sentinelMasterFromEnv", "databaseIndex",
+                       "listName", "listLength", "activationListLength", "enableTLS", "unsafeSsl"},
     "datadog": {"query", "queryValue", "activationQueryValue", "queryAggregator", "age", "timeWindowOffset",
                 "lastAvailablePointOffset", "metricUnavailableValue", "type",
                 # with the Datadog Cluster Agent as proxy instead of the REST API
@@ -39,13 +39,15 @@ SCALER_PARAMETERS = {
 # What the workers send per finished job (common/metrics.py): a count, by version, queue, status.
 COMPLETED = "recognition.job.completed"
 COMPLETED_TAGS = {"model_version", "queue", "status", "error_code"}
-DATADOG_QUERY = re.compile(r"sum:(?P<metric>[\w.]+)\{(?P<scope>[^{}]*)\}\.as_rate\(\)\.rollup\(sum, ?(?P<rollup>\d+)\)")
+DATADOG_QUERY = re.compile(
+    r"sum:(?P<metric>[\w.]+)\{(?P<scope>[^{}]*)\}\.as_rate\(\)\.rollup\(sum, ?(?P<rollup>\d+)\)")
 
 
 def keda_objects(color: str, version: str = "7") -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The color's ScaledObject, and its TriggerAuthentications by name."""
     docs = rendered(K8S / "workers" / color, modelVersion=version)
-    return one(docs, "ScaledObject"), {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    return one(docs, "ScaledObject"), auths
 
 
 def trigger(scaled: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -62,7 +64,8 @@ def strictly(model: Any, doc: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("version", ["1", "2024.06.1"])
 @pytest.mark.parametrize("color", COLORS)
-def test_every_rendered_scaledobject_and_triggerauthentication_is_valid_for_keda(color: str, version: str) -> None:
+def test_every_rendered_scaledobject_and_triggerauthentication_is_valid_for_keda(color: str,
+                                                                                   version: str) -> None:
     scaled, auths = keda_objects(color, version)
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     strictly(ScaledObject, scaled)
@@ -100,7 +103,8 @@ def test_each_trigger_holds_only_parameters_its_scaler_reads(color: str) -> None
 
 
 @pytest.mark.parametrize("color", COLORS)
-def test_the_backlog_trigger_reads_the_version_s_list_through_the_sentinels_the_clients_use(color: str) -> None:
+def test_the_backlog_trigger_reads_the_version_s_list_through_the_sentinels_the_clients_use(
+        color: str) -> None:
     scaled, auths = keda_objects(color, "5")
     backlog = trigger(scaled, "redis-sentinel")
     assert scaled["spec"]["triggers"][0] is backlog  # first: the pipelines' tests read the list there
@@ -122,7 +126,8 @@ def test_the_backlog_trigger_reads_the_version_s_list_through_the_sentinels_the_
     assert "redis-password" in find("Secret", "recognition-secrets")["stringData"]
     redis_password = next(e for e in container(find("StatefulSet", "redis"), "redis")["env"]
                           if e["name"] == "REDIS_PASSWORD")
-    assert redis_password["valueFrom"]["secretKeyRef"] == {"name": "recognition-secrets", "key": "redis-password"}
+    assert redis_password["valueFrom"]["secretKeyRef"] == {"name": "recognition-secrets",
+                                                          "key": "redis-password"}
 
 
 @pytest.mark.parametrize("version", ["5", "2024.06.1"])
@@ -190,12 +195,14 @@ def test_workers_scale_up_early_and_down_slowly_around_the_model_load(color: str
     up, down = behavior["scaleUp"], behavior["scaleDown"]
     # Up: no stabilization; the most generous policy wins, at least doubling within a minute.
     assert up["stabilizationWindowSeconds"] == 0 and up["selectPolicy"] == "Max"
-    assert any(p["type"] == "Percent" and p["value"] >= 100 and p["periodSeconds"] <= 60 for p in up["policies"])
+    assert any(p["type"] == "Percent" and p["value"] >= 100 and p["periodSeconds"] <= 60
+               for p in up["policies"])
     # Down: the highest recommendation of several model loads wins, then one pod at a time,
     # minutes apart; the slowest policy applies.
     assert down["stabilizationWindowSeconds"] >= 3 * MODEL_LOAD_SECONDS
     assert down["selectPolicy"] == "Min"
-    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": down["policies"][0]["periodSeconds"]}]
+    period = down["policies"][0]["periodSeconds"]
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": period}]
     assert down["policies"][0]["periodSeconds"] >= MODEL_LOAD_SECONDS / 2
     # 1 -> 0 only for a color whose minimum is 0, after its list stayed empty this long.
     assert spec["cooldownPeriod"] >= 3 * MODEL_LOAD_SECONDS
