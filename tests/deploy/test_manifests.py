@@ -51,7 +51,7 @@ PLACEHOLDERS = {
     "jobs/populate": {"modelVersion"}, "jobs/verify": {"modelVersion"}, "jobs/promote": {"modelVersion"},
     "jobs/abort": {"modelVersion"}, "jobs/shadow": {"modelVersion", "shadowFraction"},
     "jobs/canary": {"modelVersion", "canaryWeight"}, "jobs/drain-wait": {"drainVersion"},
-    "jobs/judge": {"modelVersion", "minJobs", "judgeTimeoutSeconds"},
+    "jobs/judge": {"modelVersion", "minJobs", "judgeTimeoutSeconds"}, "jobs/check-active": {"modelVersion"},
 }
 SOURCES = sources()
 
@@ -79,7 +79,7 @@ def test_the_roots_are_the_ones_the_pipelines_and_the_readme_name() -> None:
     roots = {source_id(root) for root in kustomize_roots()}
     assert roots == {"api", "guard", "models", "workers/blue", "workers/green"} | {
         f"jobs/{name}" for name in ("status", "verify", "shadow", "canary", "judge", "promote", "abort",
-                                    "drain-wait", "rollback", "populate", "image-lifecycle")}
+                                    "drain-wait", "check-active", "rollback", "populate", "image-lifecycle")}
     # The near-duplicates are gone: one base per kind of object, the color and version supplied.
     assert not list(K8S.glob("worker-*.yaml")) and not list((K8S / "models").glob("reference-*.yaml"))
     assert not list((K8S / "jobs").glob("*.yaml"))
@@ -418,7 +418,7 @@ def test_containers_name_secret_files_that_the_settings_read_as_name_file() -> N
 
 def test_rollout_jobs_never_retry_a_refusal_and_every_job_is_recreated_and_cleans_up() -> None:
     jobs = [doc for _, doc in workloads() if doc["kind"] == "Job"]
-    assert len(jobs) == 11
+    assert len(jobs) == 12
     for doc in jobs:
         # Kustomize needs a name; Spinnaker's recreate strategy deletes the last run's Job first.
         assert "generateName" not in doc["metadata"]

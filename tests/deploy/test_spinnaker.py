@@ -1,13 +1,17 @@
 """The Spinnaker pipelines (k8s/spinnaker/*.json): valid, well-formed, baking only Kustomize roots
 of k8s/ and deploying only what those render; and, run here through a small emulation of Orca
 (the SpEL the pipelines use, stageEnabled, Evaluate Variables, the Run Job property file, manual
-judgments), taking the path they describe: the model rollout judges itself."""
+judgments, a Job or a precondition that fails the run), taking the path they describe: the model
+rollout judges itself, and keeps the previous color's workers until the rollout guard's window is
+over and the new version is still active."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,22 @@ from tests.deploy.kube import (
     IMAGES,
     K8S,
     ROOT,
+    PathMap,
     all_documents,
+    base_env,
+    configmaps,
+    container_argv,
+    container_env,
     containers,
+    image_env,
+    image_json_argv,
     image_name,
     kustomize_roots,
     kustomized,
+    one,
     render_module,
     rendered,
+    secret_files,
 )
 
 PIPELINES = sorted((K8S / "spinnaker").glob("*.json"))
@@ -180,25 +193,39 @@ def resolve(value: Any, scope: dict[str, Any]) -> Any:
 @dataclass
 class Run:
     """A pipeline executed stage by stage as Orca would, against CLUSTER, with the judge's
-    verdict and the answers a person would give at manual judgments."""
+    verdict, the answers a person would give at manual judgments, and the Run Job stages whose
+    Job exits non-zero (FAILING, by refId). A stage that fails with `failPipeline` (Orca's
+    default) and without `continuePipeline` ends the run: TERMINAL, and no later stage starts.
+    So does a precondition that fails with `failPipeline`."""
 
     p: dict[str, Any]
     parameters: dict[str, str]
     verdict: str = "promote"
     answers: dict[str, str] = field(default_factory=dict)
+    failing: frozenset[str] = frozenset()
     ran: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
     by_name: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: str | None = None
+    status: str = "NOT_STARTED"
 
     def __post_init__(self) -> None:
         graph = stages(self.p)
+        for ref in self.failing:
+            assert graph[ref]["type"] == "runJobManifest", f"only a Job fails here, not {ref}"
         done: list[str] = []
-        while len(done) < len(graph):
+        self.status = "RUNNING"
+        while len(done) < len(graph) and self.failed is None:
             ready = [r for r, s in graph.items() if r not in done and set(s["requisiteStageRefIds"]) <= set(done)]
             assert ready, "cycle"
             self.execute(ready[0])
             done.append(ready[0])
+        self.status = "TERMINAL" if self.failed else "SUCCEEDED"
+
+    @property
+    def not_started(self) -> list[str]:
+        return [r for r in stages(self.p) if r not in self.ran and r not in self.skipped]
 
     def variables(self, ref: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -241,6 +268,11 @@ class Run:
                 stage["context"]["propertyFileContents"] = {"VERDICT": self.verdict}
         elif raw["type"] == "checkPreconditions":
             stage["passed"] = all(c["context"]["expression"] for c in stage["preconditions"])
+            if any(not c["context"]["expression"] and c["failPipeline"] for c in stage["preconditions"]):
+                self.failed = ref
+        stage["status"] = "TERMINAL" if ref in self.failing or self.failed == ref else "SUCCEEDED"
+        if ref in self.failing and stage.get("failPipeline", True) and not stage.get("continuePipeline", False):
+            self.failed = ref
         self.ran[ref] = stage
         self.by_name[stage["name"]] = stage
 
@@ -390,22 +422,23 @@ def test_every_image_a_pipeline_deploys_is_bound_to_a_build_of_this_repository(p
 
 ROLLOUT_PARAMETERS = {"modelVersion": "3", "targetColor": "green", "minWorkers": "2", "maxWorkers": "8",
                       "shadowFraction": "0.1", "shadowSoakSeconds": "1800", "canaryWeight": "0.1", "minJobs": "50",
-                      "judgeTimeoutSeconds": "7200", "gitRef": "main"}
+                      "judgeTimeoutSeconds": "7200", "guardWindowSeconds": "1800", "gitRef": "main"}
 CLI = ["python3", "-m", "models_registry"]
 
 
-def rollout(verdict: str, override: str | None = None) -> Run:
-    """A model-rollout run whose judge says VERDICT; OVERRIDE is what a person answers if asked."""
+def rollout(verdict: str, override: str | None = None, failing: frozenset[str] = frozenset()) -> Run:
+    """A model-rollout run whose judge says VERDICT; OVERRIDE is what a person answers if asked;
+    the Jobs of the stages in FAILING exit 1."""
     p = pipeline("model-rollout")
     assert {q["name"] for q in p["parameterConfig"]} == set(ROLLOUT_PARAMETERS)
     answers = {stages(p)["override"]["name"]: override} if override else {}
-    return Run(p, ROLLOUT_PARAMETERS, verdict=verdict, answers=answers)
+    return Run(p, ROLLOUT_PARAMETERS, verdict=verdict, answers=answers, failing=failing)
 
 
 def test_the_rollout_deploys_waits_verifies_shadows_soaks_canaries_then_judges() -> None:
     p = pipeline("model-rollout")
     order = ["bake-workers", "deploy", "scaling", "wait-ready", "verify", "shadow", "soak", "canary", "judge",
-             "decide", "promote", "drain-previous", "scale-down-previous"]
+             "decide", "promote", "drain-previous", "guard-window", "check-active", "scale-down-previous"]
     for earlier, later in itertools.pairwise(order):
         assert earlier in ancestors(p, later), f"{earlier} must come before {later}"
     for earlier, later in itertools.pairwise(["judge", "decide", "abort", "scale-down-new"]):
@@ -449,20 +482,73 @@ def test_a_promote_verdict_promotes_drains_the_old_color_and_lets_keda_retire_it
     assert run.command("promote") == CLI + ["promote", "3"]
     # Blue served version 1 (its label in the cluster): wait for its queue, then its minimum goes to 0.
     assert run.command("drain-previous") == ["/app/docker/bin/wait-queue-drained", "1", "--timeout", "3600"]
+    # Blue keeps its workers for the guard window, so the guard has a version to roll back to;
+    # then version 3 is still active, and only then may KEDA take blue to 0.
+    assert run.ran["guard-window"]["type"] == "wait" and run.ran["guard-window"]["waitTime"] == "1800"
+    check = run.ran["check-active"]
+    assert check["name"] == "Is version 3 still active?"
+    assert run.job("check-active")["metadata"]["name"] == "model-check-active"
+    (container,) = containers(run.job("check-active"))
+    assert container["name"] == "check-active"
+    assert container["command"][:2] == ["python3", "-c"] and container["command"][-1] == "3"
+    assert check["status"] == "SUCCEEDED"
+    ran = list(run.ran)
+    assert ran.index("drain-previous") < ran.index("guard-window") < ran.index("check-active") \
+        < ran.index("scale-down-previous") < ran.index("outcome")
     assert run.ran["scale-down-previous"]["manifestName"] == "scaledObject.keda.sh worker-blue"
     assert run.ran["scale-down-previous"]["patchBody"] == {"spec": {"minReplicaCount": 0}}
     assert run.ran["outcome"]["passed"] is True
+    assert run.status == "SUCCEEDED" and run.not_started == []
+
+
+def test_the_previous_color_keeps_its_workers_until_the_guard_window_is_over() -> None:
+    p = pipeline("model-rollout")
+    s = stages(p)
+    # The only way to the previous color's scale-down is through the window and the check.
+    assert s["scale-down-previous"]["requisiteStageRefIds"] == ["check-active"]
+    assert s["check-active"]["requisiteStageRefIds"] == ["guard-window", "bake-check-active"]
+    assert s["guard-window"]["requisiteStageRefIds"] == ["drain-previous"]
+    assert s["guard-window"]["type"] == "wait" and s["guard-window"]["waitTime"] == "${parameters.guardWindowSeconds}"
+    for ref in ("guard-window", "check-active", "scale-down-previous"):
+        assert s[ref]["stageEnabled"] == {"type": "expression", "expression": "decision == 'promote'"}, ref
+    # A failed check halts the whole pipeline (Orca's "halt the entire pipeline").
+    assert s["check-active"]["failPipeline"] is True and s["check-active"]["continuePipeline"] is False
+    assert s["bake-check-active"]["kustomizeFilePath"] == "k8s/jobs/check-active/kustomization.yaml"
+    # The window outlasts what the guard judges on (its --window after the promote) and a few checks.
+    window = next(q for q in p["parameterConfig"] if q["name"] == "guardWindowSeconds")
+    assert window["default"] == "1800" and window["description"]
+    guard = next(d for d in rendered(K8S / "guard") if d["kind"] == "Deployment")
+    (command,) = [c["command"] for c in containers(guard)]
+    judged = command[command.index("--window") + 1]
+    judged_seconds = int(judged[:-1]) * {"s": 1, "m": 60, "h": 3600}[judged[-1]]
+    interval = float(command[command.index("--interval") + 1])
+    assert int(window["default"]) >= judged_seconds + 4 * interval
+
+
+def test_a_version_the_guard_rolled_back_in_the_window_stops_the_run_before_the_old_color_goes_to_0() -> None:
+    run = rollout("promote", failing=frozenset({"check-active"}))
+    assert run.asked == []
+    assert {"promote", "drain-previous", "guard-window", "check-active"} <= set(run.ran)
+    assert run.ran["check-active"]["status"] == "TERMINAL"
+    # Blue serves again (the guard's rollback): its ScaledObject is left as it is, so KEDA keeps
+    # its minimum; the run ends there, red.
+    assert run.failed == "check-active" and run.status == "TERMINAL"
+    assert "scale-down-previous" in run.not_started and "outcome" in run.not_started
+    assert not [ref for ref, s in run.ran.items() if s.get("manifestName") == "scaledObject.keda.sh worker-blue"]
+    assert all(s["type"] != "patchManifest" for ref, s in run.ran.items() if ref != "scaling")
 
 
 def test_a_rollback_verdict_aborts_the_candidate_and_retires_its_workers_and_fails_the_run() -> None:
     run = rollout("rollback")
     assert run.asked == []
-    assert set(run.skipped) == {"override", "promote", "drain-previous", "scale-down-previous"}
+    assert set(run.skipped) == {"override", "promote", "drain-previous", "guard-window", "check-active",
+                                "scale-down-previous"}
     assert run.command("abort") == CLI + ["abort", "3", "--reason", "judge"]
     assert run.ran["scale-down-new"]["manifestName"] == "scaledObject.keda.sh worker-green"
     assert run.ran["scale-down-new"]["patchBody"] == {"spec": {"minReplicaCount": 0}}
     # Shown red in Spinnaker (and its notifications): the candidate did not make it.
     assert run.ran["outcome"]["passed"] is False
+    assert run.failed == "outcome" and run.status == "TERMINAL"
 
 
 @pytest.mark.parametrize("answer", ["promote", "rollback"])
@@ -476,6 +562,52 @@ def test_a_verdict_still_wait_at_the_timeout_asks_a_person_to_promote_or_abort(a
         assert "promote" in run.ran and "abort" in run.skipped
     else:
         assert "abort" in run.ran and "promote" in run.skipped
+
+
+@pytest.mark.integration
+def test_the_check_active_job_passes_while_the_version_is_active_and_fails_once_the_guard_rolled_it_back(
+        tmp_path: Path) -> None:
+    """The check-active Job's own command, started as the kubelet would (the API image's ENV, its
+    ConfigMap, its redis-url file), against a real Redis holding the rollout state."""
+    import redis
+
+    from harness import start_redis
+    from models_registry.rollout import model_version_promote, model_version_rollback
+
+    documents = rendered(K8S / "jobs" / "check-active", modelVersion="3")
+    job, name, dockerfile = one(documents, "Job"), "check-active", ROOT / "Dockerfile.api"
+    process, url = start_redis(tmp_path / "redis")
+    client = redis.Redis.from_url(url)
+    try:
+        paths = PathMap({"/app": ROOT, "/tmp": tmp_path / "tmp", "/run/secrets/recognition": tmp_path / "secrets"})
+        secrets = {"recognition-secrets": {"redis-url": url}}
+        secret_files(job, name, secrets, paths)
+        env = container_env(job, name, image=image_env(dockerfile), configmaps=configmaps(documents), secrets=secrets)
+        env = {key: paths(value) for key, value in env.items()}
+        env |= base_env(f"{Path(sys.executable).parent}:/usr/bin:/bin")
+        argv = [paths(arg) for arg in container_argv(job, name, env, image_json_argv(dockerfile, "CMD"))]
+        prefix, default = env["REDIS_KEY_PREFIX"], env["DEFAULT_MODEL_VERSION"]
+        assert default == "1"
+
+        def check() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+        model_version_promote(client, prefix=prefix, version="3", default_version=default, force=True,
+                              by="model-rollout")
+        kept = check()
+        assert kept.returncode == 0, kept.stdout + kept.stderr
+        assert "version 3 is still active after the guard window" in kept.stdout
+        model_version_rollback(client, prefix=prefix, default_version=default, by="guard rollout-guard-0",
+                               force=True, reason="guard: version 3 degraded against 1's figures: error rate")
+        rolled_back = check()
+        assert rolled_back.returncode == 1, rolled_back.stdout + rolled_back.stderr
+        assert "version 3 is no longer active: it was rolled back to version 1" in rolled_back.stderr
+        assert "last change by guard rollout-guard-0" in rolled_back.stderr
+        # The history, with the guard's reason, is in the Job's log (the stage's log in Spinnaker).
+        assert "reason: guard: version 3 degraded against 1's figures" in rolled_back.stdout
+    finally:
+        client.close()
+        process.kill()
 
 
 def test_the_rollout_on_blue_takes_green_down_after_the_promote() -> None:
