@@ -24,13 +24,37 @@ class RecognitionError(Exception):
 
 
 class InvalidInput(RecognitionError):
+    """Something about the request is wrong; the subclasses say what."""
+
     code = "invalid_input"
     http_status = 400
 
 
 class ImageMissing(InvalidInput):
     code = "image_missing"
-    default_message = "Send the photo as the multipart form field 'image'."
+    default_message = (
+        "Send the photo as the multipart form field 'image', or where it is on S3 as JSON "
+        '{"image_url": "s3://bucket/key"}.'
+    )
+
+
+class ImageUrlNotAllowed(InvalidInput):
+    """An image_url this service will not read: another scheme, bucket or prefix, an unplain key."""
+
+    code = "image_url_not_allowed"
+    default_message = "image_url is not an S3 location this service is configured to read."
+
+
+class ImageUrlNotFound(InvalidInput):
+    code = "image_url_not_found"
+    http_status = 422
+    default_message = "There is no object at image_url."
+
+
+class ImageUrlForbidden(InvalidInput):
+    code = "image_url_forbidden"
+    http_status = 403
+    default_message = "This service may not read the object at image_url."
 
 
 class ImageEmpty(InvalidInput):
@@ -39,31 +63,43 @@ class ImageEmpty(InvalidInput):
 
 
 class ImageTooLarge(InvalidInput):
+    """The upload (or the object at image_url) is larger than MAX_UPLOAD_BYTES."""
+
     code = "image_too_large"
     http_status = 413
 
 
 class ImageNotAnImage(InvalidInput):
+    """The bytes are not an image, whatever the file name or MIME type says."""
+
     code = "image_not_an_image"
     http_status = 415
 
 
 class ImageUnsupportedFormat(InvalidInput):
+    """An image, but not JPEG, PNG, WebP or HEIC/HEIF (GIF, BMP, TIFF, ...)."""
+
     code = "image_unsupported_format"
     http_status = 415
 
 
 class ImageCorrupt(InvalidInput):
+    """Truncated or damaged image data."""
+
     code = "image_corrupt"
     http_status = 422
 
 
 class ImageTooManyPixels(InvalidInput):
+    """More than MAX_IMAGE_PIXELS (a decompression bomb), refused before decoding."""
+
     code = "image_too_many_pixels"
     http_status = 422
 
 
 class ImageTooSmall(InvalidInput):
+    """A side is shorter than MIN_IMAGE_SIDE pixels."""
+
     code = "image_too_small"
     http_status = 422
 
@@ -81,6 +117,8 @@ class LengthRequired(InvalidInput):
 
 
 class InvalidParameter(InvalidInput):
+    """A parameter or body field is invalid (e.g. `wait` out of range); the message says which."""
+
     code = "invalid_parameter"
 
 
@@ -141,6 +179,11 @@ class NotReplicated(ServiceUnavailable):
 class NoActiveModel(ServiceUnavailable):
     code = "no_active_model"
     default_message = "No model version is active; an operator must promote one."
+
+
+class ImageUrlUnavailable(ServiceUnavailable):
+    code = "image_url_unavailable"
+    default_message = "S3 did not answer in time for image_url; retry shortly."
 
 
 # --- failures recorded on jobs by the worker ------------------------------------------

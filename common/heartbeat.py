@@ -54,3 +54,22 @@ def withdraw(client: redis.Redis, *, prefix: str, version: str, worker_id: str) 
 def ready_workers(client: redis.Redis, *, prefix: str, version: str) -> list[str]:
     members = client.zrangebyscore(workers_key(prefix, version), time.time(), "+inf")
     return [m.decode() if isinstance(m, bytes) else m for m in members]
+
+
+def worker_details(client: redis.Redis, *, prefix: str, version: str) -> list[dict[str, Any]]:
+    """Each ready worker of ``version`` with the details of its last heartbeat."""
+    details = []
+    for worker_id in ready_workers(client, prefix=prefix, version=version):
+        raw = client.get(worker_key(prefix, worker_id))
+        if raw:
+            details.append({"id": worker_id, **json.loads(raw)})
+    return details
+
+
+def known_versions(client: redis.Redis, *, prefix: str) -> list[str]:
+    """The versions that have (or had) workers announcing themselves."""
+    versions = set()
+    start = len(workers_key(prefix, ""))
+    for key in client.scan_iter(match=workers_key(prefix, "*"), count=500):
+        versions.add(key.decode()[start:])
+    return sorted(versions)

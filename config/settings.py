@@ -20,6 +20,7 @@ from common.env import (
     env_secret,
     env_str,
 )
+from common.imageurl import parse_image_url_allowed
 from common.queues import queue_for
 from common.redisconn import RedisTarget
 
@@ -36,6 +37,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::
 INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc builds, served by recognition_api/apidocs.py
     "recognition_api",
 ]
 MIDDLEWARE = [
@@ -46,6 +48,16 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "recognition_api.urls"
 WSGI_APPLICATION = "recognition_api.wsgi.application"
+# Templates of the installed apps (the web page at /, recognition_api/templates/); no context
+# processors: the pages use no request, user or CSRF data.
+# https://docs.djangoproject.com/en/5.2/ref/settings/#templates
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": []},
+    },
+]
 # No relational database: jobs live in Redis, API keys in the environment.
 DATABASES: dict = {}
 USE_TZ = True
@@ -98,6 +110,15 @@ WORKER_MALLOC_MMAP_THRESHOLD = env_int("WORKER_MALLOC_MMAP_THRESHOLD", 128 * 102
 
 IMAGE_STORE_URL = env_str("IMAGE_STORE_URL", (VAR_DIR / "images").as_uri())
 S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "") or None
+# POST /recognize {"image_url": "s3://bucket/key"}: the API reads the photo from S3 (S3_ENDPOINT_URL,
+# the AWS_* credentials) only under these "s3://bucket/prefix/,..." folders (common/imageurl.py);
+# empty: image_url is refused. The API's IAM role needs s3:GetObject on each (k8s/iam/).
+IMAGE_URL_ALLOWED = env_list("IMAGE_URL_ALLOWED")
+parse_image_url_allowed(IMAGE_URL_ALLOWED)  # a malformed entry stops the process here
+# Reading one image_url (a HEAD, then a GET bounded by MAX_UPLOAD_BYTES) is given this long, then
+# 503 image_url_unavailable + Retry-After. Each S3 request waits a quarter of it per connect or read
+# and is tried twice at most, so an S3 that stops answering holds a request twice this at worst.
+IMAGE_URL_TIMEOUT_SECONDS = env_float("IMAGE_URL_TIMEOUT_SECONDS", 5.0, minimum=0.2, maximum=60)
 
 # --- Recognition ---------------------------------------------------------------------
 # "name:sha256:<hex>[;scopes=ops][;rate=N][;burst=N][;max_jobs=N][;device_rate=N],..." (hashes
@@ -228,12 +249,35 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Upload a listing photo; get a suggested name, category, brand and color, each "
         "with a confidence score and alternatives. Fields below their confidence "
-        "threshold are returned as null."
+        "threshold are returned as null.\n\n"
+        "This document: [Swagger UI](/docs) (try it: *Authorize* with your API key) · "
+        "[Redoc](/redoc) · [OpenAPI JSON](/openapi.json).\n\n"
+        "**Authentication**: every endpoint but `/healthz` and `/readyz` needs "
+        "`Authorization: Bearer <API key>`.\n\n"
+        "**Errors**: every error is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`. The `code` "
+        "is stable, one of `ErrorCodeEnum` (each listed with its HTTP status and meaning); the "
+        "message is for people. 429 and 503 carry `Retry-After` (seconds)."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Group operations by the path's first part after /v1 (recognize, recognitions, ...), not "v1".
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    # Every code of the error hierarchy, DRF's and the catch-alls (recognition_api/errors.py).
+    "ENUM_NAME_OVERRIDES": {"ErrorCodeEnum": "recognition_api.errors.error_code_choices"},
+    # Retry-After / WWW-Authenticate on every operation's 429, 503 and 401 errors.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "recognition_api.schema.error_headers"],
+    # /docs and /redoc load Swagger UI and Redoc from the API itself, never from a CDN
+    # (https://drf-spectacular.readthedocs.io/en/latest/settings.html; recognition_api/apidocs.py).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # No badge from validator.swagger.io; the key given to Authorize lives only in the page.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None, "persistAuthorization": False},
 }
+# The sidecar's files are answered under it by recognition_api/apidocs.py (no collectstatic).
+# https://docs.djangoproject.com/en/5.2/ref/settings/#static-url
+STATIC_URL = "static/"
 
 # --- Logging: one JSON object per line, with the request id --------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

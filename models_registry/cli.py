@@ -174,56 +174,29 @@ def _forced_warning(force: bool) -> None:
 def status(as_json: bool, accuracy_window: str) -> None:
     """Active, canary and shadow versions; ready workers, queue depth, jobs and live accuracy
     per version."""
-    from common.queues import queue_depth, queue_for
-    from models_registry import rollout
+    from common.livestats import FIELDS
+    from common.rolloutreport import rollout_report
 
     settings = _settings()
-    client = _redis()
-    prefix = settings.REDIS_KEY_PREFIX
-    state = rollout.rollout_state(client, prefix=prefix, default_version=settings.DEFAULT_MODEL_VERSION)
-    versions = set(rollout.known_versions(client, prefix=prefix))
-    versions |= {v for v in (state.active, state.previous, state.canary) if v}
-    rows = []
-    for version in sorted(versions):
-        workers = rollout.worker_details(client, prefix=prefix, version=version)
-        verified = client.hget(rollout.verified_key(prefix, version), "manifest_sha256")
-        rows.append({"version": version, "ready_workers": len(workers),
-                     "queue": queue_for(version), "queue_depth": queue_depth(client, version),
-                     "verified": bool(verified),
-                     "role": ("active" if version == state.active else "canary" if version == state.canary
-                              else "previous" if version == state.previous else "")})
-    from common.livestats import FIELDS, shadow_comparison, version_figures
-
-    window = _parse_window(accuracy_window)
-    for row in rows:
-        figures = version_figures(client, prefix=prefix, version=row["version"], window_seconds=window)
-        row["jobs"] = figures.jobs
-        row["accuracy"] = {name: figures.accuracy(name) for name in FIELDS}
-        row["feedback"] = {name: figures.feedback_count(name) for name in FIELDS}
-        if state.shadow == row["version"] and state.active:
-            comparison = shadow_comparison(client, prefix=prefix, candidate=row["version"], active=state.active,
-                                           window_seconds=window)
-            row["shadow_agreement"] = {name: comparison.agreement(name) for name in FIELDS}
-            row["shadow_compared"] = comparison.n
-    report = {"active": state.active, "previous": state.previous, "canary": state.canary,
-              "canary_weight": state.canary_weight, "shadow": state.shadow,
-              "shadow_fraction": state.shadow_fraction, "updated_by": state.updated_by,
-              "updated_at": state.updated_at, "window_seconds": window, "versions": rows}
+    report = rollout_report(_redis(), prefix=settings.REDIS_KEY_PREFIX,
+                            default_version=settings.DEFAULT_MODEL_VERSION,
+                            window_seconds=_parse_window(accuracy_window))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    canary = f"{state.canary} at {state.canary_weight:.0%}" if state.canary else "off"
-    shadow = f"{state.shadow} at {state.shadow_fraction:.0%}" if state.shadow else "off"
-    click.echo(f"active: {state.active}   previous: {state.previous or '-'}   canary: {canary}   shadow: {shadow}")
+    canary = f"{report['canary']} at {report['canary_weight']:.0%}" if report["canary"] else "off"
+    shadow = f"{report['shadow']} at {report['shadow_fraction']:.0%}" if report["shadow"] else "off"
+    click.echo(f"active: {report['active']}   previous: {report['previous'] or '-'}   canary: {canary}   "
+               f"shadow: {shadow}")
     click.echo(f"{'version':10} {'role':9} {'ready workers':>13} {'queue depth':>11} {'verified':>8} "
                f"{'jobs':>6}  live accuracy over {accuracy_window} (name/category/brand/color)")
-    for row in rows:
+    for row in report["versions"]:
         accuracy = "/".join("-" if row["accuracy"][n] is None else f"{row['accuracy'][n]:.0%}" for n in FIELDS)
         click.echo(f"{row['version']:10} {row['role']:9} {row['ready_workers']:>13} {row['queue_depth']:>11} "
                    f"{'yes' if row['verified'] else 'no':>8} {row['jobs']:>6}  {accuracy}")
         if "shadow_agreement" in row:
             agreement = "/".join("-" if v is None else f"{v:.0%}" for v in row["shadow_agreement"].values())
-            click.echo(f"{'':10} shadow agreement with {state.active}: {agreement} "
+            click.echo(f"{'':10} shadow agreement with {report['active']}: {agreement} "
                        f"({row['shadow_compared']} compared)")
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import redis
 
-from common.heartbeat import ready_workers, worker_key, workers_key
+# Both read heartbeats (common.heartbeat); the CLI and the guard find them here too.
+from common.heartbeat import known_versions as known_versions
+from common.heartbeat import worker_details as worker_details
 from common.livestats import Figures, version_figures
 from common.rollout import (
     CANARY,
@@ -39,23 +41,6 @@ class RolloutRefused(Exception):
 
 def actor() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-def worker_details(client: redis.Redis, *, prefix: str, version: str) -> list[dict[str, Any]]:
-    details = []
-    for worker_id in ready_workers(client, prefix=prefix, version=version):
-        raw = client.get(worker_key(prefix, worker_id))
-        if raw:
-            details.append({"id": worker_id, **json.loads(raw)})
-    return details
-
-
-def known_versions(client: redis.Redis, *, prefix: str) -> list[str]:
-    versions = set()
-    start = len(workers_key(prefix, ""))
-    for key in client.scan_iter(match=workers_key(prefix, "*"), count=500):
-        versions.add(key.decode()[start:])
-    return sorted(versions)
 
 
 def record_verification(client: redis.Redis, *, prefix: str, version: str, manifest_sha256: str) -> None:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from django.conf import settings
 from rest_framework import authentication, exceptions, permissions
 
-from common.apikeys import Defaults, KeyPolicy, parse_api_keys
+from common.apikeys import OPS, Defaults, KeyPolicy, parse_api_keys
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 class HasApiKey(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
         return isinstance(request.user, ApiClient)
+
+
+class HasOpsScope(permissions.BasePermission):
+    """A key with the ``ops`` scope (``API_KEYS``: ``;scopes=ops``); others get 403."""
+
+    message = "This API key does not have the 'ops' scope, which the rollout state needs."
+
+    def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
+        return isinstance(request.user, ApiClient) and OPS in request.user.policy.scopes

@@ -14,7 +14,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from common.errors import RecognitionError, ServiceUnavailable
+from common.errors import JobFailure, RecognitionError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +75,44 @@ def _flatten(detail: object) -> str:
     if isinstance(detail, list):
         return "; ".join(_flatten(v) for v in detail)
     return str(detail)
+
+
+# What the codes answered outside the error hierarchy mean (DRF's exceptions by ``_DRF_CODES``,
+# the catch-alls of this module and of recognition_api.views): the OpenAPI enum of codes.
+_OTHER_MEANINGS = {
+    "not_authenticated": "No `Authorization: Bearer <API key>` header.",
+    "invalid_api_key": "The key is not one of the service's keys, or the header is not `Bearer <key>`.",
+    "permission_denied": "The key lacks the scope this endpoint needs.",
+    "method_not_allowed": "The endpoint does not take this HTTP method.",
+    "unsupported_media_type": "The body's Content-Type is not one this endpoint takes.",
+    "not_acceptable": "The Accept header asks for something other than JSON.",
+    "malformed_request": "The body cannot be parsed as its Content-Type says.",
+    "not_found": "No such endpoint.",
+    "invalid_request": "The request is invalid in another way; the message says how.",
+    "internal_error": "An unexpected error: it has been logged, and no details are shown.",
+}
+_CATCH_ALL = {"not_found": 404, "invalid_request": 400, "internal_error": 500}
+
+
+def error_code_meaning(cls: type[RecognitionError]) -> str:
+    """The class's own docstring (its first paragraph), else its own ``default_message``."""
+    doc = cls.__dict__.get("__doc__") or cls.__dict__.get("default_message") or cls.default_message
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def error_code_choices() -> list[tuple[str, str]]:
+    """Every stable ``code`` a client can see, each with its HTTP status and meaning: first the
+    error hierarchy's (walked, so a new RecognitionError subclass is listed by itself), then
+    DRF's and the catch-alls. The choices of the OpenAPI document's ``ErrorCodeEnum``."""
+    choices: dict[str, str] = {}
+    pending = [RecognitionError]
+    while pending:
+        cls = pending.pop(0)
+        where = "on a failed job" if issubclass(cls, JobFailure) else str(cls.http_status)
+        choices.setdefault(cls.code, f"{where}: {error_code_meaning(cls)}")
+        pending[:0] = cls.__subclasses__()  # depth first, in the order they are defined
+    others = [(c, t.status_code) for t, c in _DRF_CODES.items()] + list(_CATCH_ALL.items())
+    for code, http_status in others:
+        meaning = _OTHER_MEANINGS.get(code) or next(str(t.default_detail) for t, c in _DRF_CODES.items() if c == code)
+        choices.setdefault(code, f"{http_status}: {meaning}")
+    return list(choices.items())

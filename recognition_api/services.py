@@ -35,6 +35,7 @@ from common.errors import (
 )
 from common.heartbeat import ready_workers
 from common.imagestore import ImageStore, image_store_from_url
+from common.imageurl import S3ObjectReader, image_url_location, parse_image_url_allowed
 from common.imaging import ImageInfo, inspect_image
 from common.jobstore import SUCCEEDED, TERMINAL, JobStore, Routed
 from common.membudget import DecodeBudget, budget_bytes
@@ -43,6 +44,7 @@ from common.queues import recognition_send
 from common.ratelimit import Bucket, RateLimiter, retry_after_seconds
 from common.redisconn import RedisTarget
 from common.rollout import rollout_state
+from common.rolloutreport import rollout_report
 from common.waiting import FinishListener
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,21 @@ def _celery():  # type: ignore[no-untyped-def]
 @lru_cache(maxsize=1)
 def decode_budget() -> DecodeBudget:
     return DecodeBudget(budget_bytes(settings.DECODE_BUDGET_BYTES, settings.DECODE_BUDGET_FRACTION))
+
+
+@lru_cache(maxsize=1)
+def image_url_reader() -> S3ObjectReader:
+    return S3ObjectReader(endpoint_url=settings.S3_ENDPOINT_URL, timeout_seconds=settings.IMAGE_URL_TIMEOUT_SECONDS)
+
+
+def image_url_read(*, image_url: object) -> bytes:
+    """The photo at ``image_url`` (s3://bucket/key under IMAGE_URL_ALLOWED), read within
+    MAX_UPLOAD_BYTES and IMAGE_URL_TIMEOUT_SECONDS; it is then checked like an upload."""
+    location = image_url_location(image_url, allowed=parse_image_url_allowed(settings.IMAGE_URL_ALLOWED))
+    started = time.perf_counter()
+    data = image_url_reader().read(location, max_bytes=settings.MAX_UPLOAD_BYTES)
+    statsd().distribution("api.image_url_read", (time.perf_counter() - started) * 1000)
+    return data
 
 
 def image_validate(*, data: bytes) -> ImageInfo:
@@ -390,3 +407,10 @@ def readiness() -> dict[str, Any]:
         )
     report["ready"] = bool(workers)
     return report
+
+
+def rollout_report_get(*, window_seconds: float) -> dict[str, Any]:
+    """The rollout state and each version's workers, queue and live figures: what
+    ``python -m models_registry status --json`` prints."""
+    return rollout_report(redis_client(), prefix=settings.REDIS_KEY_PREFIX,
+                          default_version=settings.DEFAULT_MODEL_VERSION, window_seconds=window_seconds)

@@ -2,54 +2,26 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.errors import ImageMissing, ImageTooLarge, InvalidParameter, LengthRequired, RecognitionError
-from recognition_api import services
+from recognition_api import schema, services
+from recognition_api.auth import HasApiKey, HasOpsScope
 from recognition_api.representations import job_representation
 from recognition_api.serializers import (
-    ErrorSerializer,
     FeedbackInputSerializer,
-    FeedbackSerializer,
-    JobSerializer,
     RecognizeInputSerializer,
+    RecognizeUrlInputSerializer,
+    RolloutQuerySerializer,
     WaitQuerySerializer,
 )
 
 _MULTIPART_OVERHEAD = 64 * 1024
-
-_RESULT_EXAMPLE = OpenApiExample(
-    "A recognized photo",
-    value={
-        "id": "8f14e45fceea167a5a36dedd4bea2543",
-        "status": "succeeded",
-        "model": {"name": "reference", "version": "1"},
-        "created_at": "2026-11-29T12:00:00.000+00:00",
-        "started_at": "2026-11-29T12:00:00.004+00:00",
-        "finished_at": "2026-11-29T12:00:00.120+00:00",
-        "timings_ms": {"queue_wait": 4.1, "decode": 6.3, "prepare": 80.2, "inference": 21.5, "batch_size": 1,
-                       "total": 120.0},
-        "result": {
-            "name": {"value": "Nordvik red coffee mug", "confidence": 0.61, "threshold": 0.2, "alternatives": []},
-            "category": {"value": "kitchen_tableware", "confidence": 0.83, "threshold": 0.3, "alternatives": [
-                {"value": "kitchen_tableware", "confidence": 0.83}, {"value": "home", "confidence": 0.08}]},
-            "brand": {"value": "Nordvik", "confidence": 0.95, "threshold": 0.6, "alternatives": [
-                {"value": "Nordvik", "confidence": 0.95}]},
-            "color": {"value": None, "confidence": 0.31, "threshold": 0.4, "alternatives": [
-                {"value": "red", "confidence": 0.31}, {"value": "orange", "confidence": 0.22}]},
-        },
-        "error": None,
-        "request_id": "3c9a4d2e",
-        "location": "/v1/recognitions/8f14e45fceea167a5a36dedd4bea2543",
-    },
-)
-_ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 413: ErrorSerializer, 415: ErrorSerializer,
-           422: ErrorSerializer, 429: ErrorSerializer, 503: ErrorSerializer}
 
 
 def _wait_seconds(request: Request) -> float:
@@ -68,6 +40,18 @@ def _job_response(record: dict[str, str]) -> Response:
     return response
 
 
+def _image_url(request: Request) -> str | None:
+    """The image_url of a JSON body, or of a multipart form (which may hold it instead of a file)."""
+    if not isinstance(request.data, dict):  # a QueryDict is one
+        raise InvalidParameter('Send a JSON object: {"image_url": "s3://bucket/key"}.')
+    if "image_url" not in request.data:
+        return None
+    given = RecognizeUrlInputSerializer(data=request.data)
+    if not given.is_valid():
+        raise InvalidParameter("; ".join(f"image_url: {e}" for e in given.errors.get("image_url", [])))
+    return given.validated_data["image_url"]
+
+
 def _discard_body(request: Request) -> None:
     """Read the rest of the request body, in chunks, without keeping it (bounded by Content-Length,
     which the view has checked)."""
@@ -79,18 +63,28 @@ def _discard_body(request: Request) -> None:
 class RecognizeApi(APIView):
     """POST /recognize and /v1/recognize."""
 
+    # JSON here only ({"image_url": ...}); every other endpoint that takes a body has its own.
+    parser_classes = [MultiPartParser, JSONParser]
+
     @extend_schema(
         operation_id="recognize",
         summary="Recognize a listing photo",
         description=(
             "Queues the photo and answers 202 with the job and its Location. With "
             "`?wait=N` it waits up to N seconds and answers 200 with the result when it "
-            "is ready in time (202 otherwise)."
+            "is ready in time (202 otherwise).\n\n"
+            "The photo is the multipart field `image`, or, when the app has put it on S3 already, "
+            "`image_url` (`s3://bucket/key`) in a JSON body (or as a multipart form field, without a "
+            "file). An image_url is read only under the prefixes the service is configured for "
+            "(`IMAGE_URL_ALLOWED`; 400 image_url_not_allowed otherwise) and is checked exactly like "
+            "an upload; 422 image_url_not_found, 403 image_url_forbidden, 503 image_url_unavailable."
         ),
-        parameters=[OpenApiParameter("wait", float, description="seconds to wait, 0-30")],
-        request={"multipart/form-data": RecognizeInputSerializer},
-        responses={200: JobSerializer, 202: JobSerializer, **_ERRORS},
-        examples=[_RESULT_EXAMPLE],
+        parameters=schema.RECOGNIZE_PARAMETERS,
+        request={"multipart/form-data": RecognizeInputSerializer, "application/json": RecognizeUrlInputSerializer},
+        responses=schema.RECOGNIZE_RESPONSES,
+        examples=[*schema.RECOGNIZE_EXAMPLES, OpenApiExample(
+            "A photo the app has put on S3", value={"image_url": "s3://listing-photos/uploads/1234/front.jpg"},
+            request_only=True, media_type="application/json")],
     )
     def post(self, request: Request) -> Response:
         wait = _wait_seconds(request)
@@ -109,10 +103,17 @@ class RecognizeApi(APIView):
             _discard_body(request)  # read, so that the client gets to read the answer
             raise
         upload = request.FILES.get("image")
-        if upload is None:
+        image_url = _image_url(request)
+        if upload is not None and image_url is not None:
+            raise InvalidParameter("Send the photo either as the file 'image' or as 'image_url', not both.")
+        if upload is not None:
+            data = upload.read()
+        elif image_url is not None:
+            data = services.image_url_read(image_url=image_url)
+        else:
             raise ImageMissing()
         record = services.recognition_job_create(
-            data=upload.read(), client=request.user.policy, request_id=request.request_id,
+            data=data, client=request.user.policy, request_id=request.request_id,
             wait_seconds=wait,
         )
         return _job_response(record)
@@ -124,9 +125,8 @@ class RecognitionDetailApi(APIView):
     @extend_schema(
         operation_id="recognition_get",
         summary="Read a recognition job",
-        parameters=[OpenApiParameter("wait", float, description="seconds to wait for a result, 0-30")],
-        responses={200: JobSerializer, 202: JobSerializer, 404: ErrorSerializer, 401: ErrorSerializer},
-        examples=[_RESULT_EXAMPLE],
+        parameters=schema.DETAIL_PARAMETERS,
+        responses=schema.DETAIL_RESPONSES,
     )
     def get(self, request: Request, job_id: str) -> Response:
         record = services.recognition_job_get(job_id=job_id, client=request.user.policy,
@@ -149,10 +149,9 @@ class RecognitionFeedbackApi(APIView):
             "gives each model version a live accuracy (`python -m models_registry accuracy`)."
         ),
         request=FeedbackInputSerializer,
-        responses={201: FeedbackSerializer, 400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
-                   409: ErrorSerializer},
-        examples=[OpenApiExample("The seller kept the category and changed the color",
-                                 value={"category": "kitchen_tableware", "color": "orange"}, request_only=True)],
+        parameters=schema.FEEDBACK_PARAMETERS,
+        responses=schema.FEEDBACK_RESPONSES,
+        examples=schema.FEEDBACK_EXAMPLES,
     )
     def post(self, request: Request, job_id: str) -> Response:
         data = FeedbackInputSerializer(data=request.data)
@@ -169,7 +168,7 @@ class HealthApi(APIView):
     authentication_classes: list = []
     permission_classes: list = []
 
-    @extend_schema(operation_id="healthz", responses={200: dict})
+    @extend_schema(operation_id="healthz", summary="Is the process alive?", responses=schema.HEALTH_RESPONSES)
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"})
 
@@ -180,7 +179,8 @@ class ReadyApi(APIView):
     authentication_classes: list = []
     permission_classes: list = []
 
-    @extend_schema(operation_id="readyz", responses={200: dict, 503: dict})
+    @extend_schema(operation_id="readyz", summary="Can the service recognize photos now?",
+                   responses=schema.READY_RESPONSES)
     def get(self, request: Request) -> Response:
         try:
             report = services.readiness()
@@ -190,6 +190,31 @@ class ReadyApi(APIView):
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return Response(report, status=200 if report["ready"] else 503)
+
+
+class RolloutApi(APIView):
+    """GET /v1/rollout: the rollout state, for a key with the ops scope."""
+
+    permission_classes = [HasApiKey, HasOpsScope]
+
+    @extend_schema(
+        operation_id="rollout_get",
+        summary="Read the rollout state",
+        description=(
+            "For a key with the `ops` scope (403 permission_denied otherwise): the active, previous, "
+            "canary (+ weight) and shadow (+ fraction) versions, and per version its role, ready "
+            "workers, queue depth, whether it was verified, its jobs, live accuracy per field and, "
+            "for the shadow version, its agreement with the active one, over `window` seconds. The "
+            "same report as `python -m models_registry status --json`; read-only."
+        ),
+        parameters=[RolloutQuerySerializer],
+        responses=schema.ROLLOUT_RESPONSES,
+    )
+    def get(self, request: Request) -> Response:
+        query = RolloutQuerySerializer(data=request.query_params)
+        if not query.is_valid():
+            raise InvalidParameter("; ".join(f"{name}: {e}" for name, errs in query.errors.items() for e in errs))
+        return Response(services.rollout_report_get(window_seconds=query.validated_data["window"]))
 
 
 def not_found(request, exception=None):  # type: ignore[no-untyped-def]

@@ -54,9 +54,16 @@ def test_it_asks_for_the_image_field(api: Api) -> None:
     assert_nothing_left(api)
 
 
-def test_it_rejects_a_body_that_is_not_multipart(api: Api) -> None:
-    response = api.client.post("/recognize", {"image": "abc"}, format="json")
+def test_it_rejects_a_body_that_is_neither_multipart_nor_json(api: Api) -> None:
+    response = api.client.post("/recognize", "image=abc", content_type="application/x-www-form-urlencoded")
     assert (response.status_code, response.json()["error"]["code"]) == (415, "unsupported_media_type")
+    assert_nothing_left(api)
+
+
+def test_a_json_body_takes_an_image_url_never_the_photo_itself(api: Api) -> None:
+    response = api.client.post("/recognize", {"image": "abc"}, format="json")
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "image_missing")
+    assert "image_url" in response.json()["error"]["message"]
     assert_nothing_left(api)
 
 

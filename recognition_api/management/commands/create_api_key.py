@@ -8,11 +8,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("client", help="a name for the client, e.g. mobile-app")
+        parser.add_argument("--ops", action="store_true",
+                            help="with the ops scope: reads every job and the rollout state (GET /v1/rollout)")
 
-    def handle(self, *args, client: str, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args, client: str, ops: bool = False, **options):  # type: ignore[no-untyped-def]
         if ":" in client or "," in client:
             self.stderr.write("The client name may not contain ':' or ','.")
             raise SystemExit(2)
         key, digest = new_key()
         self.stdout.write(f"key:      {key}")
-        self.stdout.write(f"API_KEYS: {client}:{digest}")
+        self.stdout.write(f"API_KEYS: {client}:{digest}" + (";scopes=ops" if ops else ""))
