@@ -11,7 +11,8 @@ Parts (see docs/PERFORMANCE.md for what each one computes and the recorded figur
     with the reference model and with the backbone-only model, ratios to (1);
  3. batching on vs off (BATCH_MAX_SIZE=16 vs 1, same worker threads, same load);
  4. the null model end to end: the pipeline's own cost per request;
- 5. the peer: BentoML 1.4 with adaptive batching serving the same backbone (in var/venv-bench);
+ 5. the peer: BentoML 1.4 with adaptive batching serving the same backbone (in var/venv-bench),
+    and BentoML serving the null model's answer (one plain API), its runs interleaved with (4);
  6. a huge model volume: load time against raw read time, peak RSS against model bytes.
 Every point is repeated (--repeats) and shown as median [min-max]. All traffic goes to 127.0.0.1.
 """

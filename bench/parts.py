@@ -18,6 +18,10 @@ from bench.measure import aggregate, point, run_json, run_once
 from bench.plan import REFERENCE, ROOT, log
 from bench.servers import OurStack, PeerServer
 
+# BentoML worker processes of the null-model peer: 1, as the backbone peer's HTTP service has
+# (docs/PERFORMANCE.md, "Null model vs BentoML", has an A/B of 1 against 2 on this machine).
+PEER_NULL_WORKERS = 1
+
 
 @dataclass
 class Run:
@@ -114,11 +118,68 @@ def comparison(run: Run) -> dict:
     return compare(run)
 
 
-def null_e2e(run: Run) -> dict:
-    """Part 4: the null model end to end, the pipeline's own cost."""
-    log("part 4: the null model end to end")
-    work, images, p = run.work / "s-null", run.images, run.p
-    return scenario(work, run.models, "null", "1", run.worker_on, p["null_c"], images, p)
+def null_comparison(run: Run) -> dict:
+    """Part 4 (the null model end to end, the pipeline's own cost) and part 5's null-model peer
+    (BentoML computing the same answer): both servers up at once, their answers checked equal on
+    the run's photos, their runs interleaved as in ``compare``."""
+    running: list[Any] = []
+    try:
+        sides = _start_null_sides(run, running)
+        results: dict[str, Any] = {}
+        if len(sides) == 2:
+            check = same_null_answers(sides[0][2], sides[1][2], run.images)
+            results["peer_null_check"] = {**check, "workers": PEER_NULL_WORKERS}
+        results.update(_interleave(sides, run.images, run.p))
+        return results
+    finally:
+        for server in running:
+            server.stop()
+
+
+def _start_null_sides(run: Run, running: list[Any]) -> list[tuple[str, str, Any, list[int]]]:
+    """Our null-model stack (part 4) and the null-model peer (part 5), those selected."""
+    p, sides = run.p, []
+    if "4" in run.parts:
+        log("part 4: starting our stack with the null model")
+        ours = OurStack(run.work / "s-null", run.models, "null", "1", run.worker_on)
+        running.append(ours)
+        sides.append(("null_e2e", "ours", ours, p["null_c"]))
+    if "5" in run.parts:
+        log(f"part 5: starting the BentoML null-model peer ({PEER_NULL_WORKERS} worker(s))")
+        peer = PeerServer(
+            run.work / "s-peer-null",
+            run.images,
+            p,
+            service="bench.peer_null_service:NullRecognizer",
+            env={"BENCH_PEER_WORKERS": str(PEER_NULL_WORKERS)},
+        )
+        running.append(peer)
+        sides.append(("peer_null", "bento", peer, p["null_c"]))
+    return sides
+
+
+def same_null_answers(ours: Any, peer: Any, images: list[Path]) -> dict:
+    """Each photo through both servers: our job's ``result`` must equal the peer's answer, or
+    the comparison would not be of the same work."""
+    import httpx
+
+    def post(url: str, image: Path, **kwargs: Any) -> Any:
+        files = {"image": (image.name, image.read_bytes(), "image/jpeg")}
+        response = httpx.post(url, files=files, timeout=60, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    for image in images:
+        job = post(f"{ours.url}/recognize?wait=30", image,
+                   headers={"Authorization": f"Bearer {ours.key}"})
+        theirs = post(f"{peer.url}/recognize", image)
+        if job.get("status") != "succeeded" or job.get("result") != theirs:
+            raise RuntimeError(
+                f"the null-model peer's answer for {image.name} differs from ours: "
+                f"ours {job.get('result')!r}, BentoML {theirs!r}"
+            )
+    log(f"  the null-model answers are identical on the {len(images)} photos")
+    return {"photos": len(images), "identical": True}
 
 
 def huge(run: Run) -> dict:
@@ -151,7 +212,7 @@ PARTS: list[tuple[str, str, Callable[[Run], dict]]] = [
     ("model_only", "1", model_only),
     ("reference_e2e", "2", reference_e2e),
     ("", "2,3,5", comparison),
-    ("null_e2e", "4", null_e2e),
+    ("", "4,5", null_comparison),
     ("huge", "6", huge),
 ]
 

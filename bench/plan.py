@@ -37,7 +37,7 @@ FULL: dict[str, Any] = {
     "reference_c": [1, 4, 16],
     "backbone_c": [1, 4, 16, 32],
     "off_c": [16, 32],
-    "null_c": [1, 16],
+    "null_c": [1, 16, 32],  # part 4, and part 5's null-model peer at the same counts
     "peer_c": [1, 16, 32],
     "huge_gb": 4.0,  # the size the architecture's load target is set for
     "huge_repeats": 3,

@@ -77,10 +77,18 @@ class OurStack:
 
 
 class PeerServer:
-    """``bentoml serve bench.peer_service:Recognizer`` from var/venv-bench, on a free loopback
-    port."""
+    """``bentoml serve SERVICE`` from var/venv-bench, on a free loopback port: by default
+    ``bench.peer_service:Recognizer`` (the backbone); ``bench.peer_null_service:NullRecognizer``
+    is the null model's peer. ``env`` adds to the service's environment."""
 
-    def __init__(self, tmp: Path, images: list[Path], p: dict) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        images: list[Path],
+        p: dict,
+        service: str = "bench.peer_service:Recognizer",
+        env: dict[str, str] | None = None,
+    ) -> None:
         port = free_port()
         env = {
             **os.environ,
@@ -90,6 +98,7 @@ class PeerServer:
             "BENCH_PEER_VOLUME": str(REFERENCE),
             "BENCH_PEER_MAX_BATCH": str(p["batch"]),
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            **(env or {}),
         }
         tmp.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp / "bentoml.log"
@@ -97,7 +106,7 @@ class PeerServer:
         argv = [
             str(BENCH_VENV / "bin" / "bentoml"),
             "serve",
-            "bench.peer_service:Recognizer",
+            service,
             "--host",
             "127.0.0.1",
             "--port",

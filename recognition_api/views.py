@@ -125,6 +125,12 @@ class RecognitionDetailApi(APIView):
     @extend_schema(
         operation_id="recognition_get",
         summary="Read a recognition job",
+        description=(
+            "The job, for the key that created it: `status` is queued, running, succeeded or failed; "
+            "`model` is the version that computed it; `result` has each field's value (null below its "
+            "threshold), confidence and alternatives; a failed job has `error`. With `?wait=N` it waits "
+            "up to N seconds for an unfinished job. Jobs expire after `JOB_TTL_SECONDS` (a day)."
+        ),
         parameters=schema.DETAIL_PARAMETERS,
         responses=schema.DETAIL_RESPONSES,
     )
