@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from common.queues import QUEUE_PREFIX
+from common.queues import QUEUE_PREFIX, recognition_message
 from common.rollout import rollout_key
 
 QUEUED = "queued"
@@ -86,8 +86,12 @@ if budget > 0 and backlog > 0 then
   end
 end
 if ARGV[13] == '1' then return {'ok', version, queue} end  -- only asked whether it would be admitted
-redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 17))
+redis.call('HSET', KEYS[2], 'model_version', version, 'queue', queue, unpack(ARGV, 19))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+-- The job's message, in the same atomic step (kombu's Redis transport: LPUSH, workers BRPOP).
+if ARGV[17] ~= '' then
+  redis.call('LPUSH', queue, (string.gsub(ARGV[17], '@queue@', (string.gsub(queue, '%%', '%%%%')), 1)))
+end
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 redis.call('ZADD', backlog_key, now, ARGV[7])
 if key_limit > 0 then redis.call('ZADD', key_jobs, now, ARGV[7]) end
@@ -118,6 +122,9 @@ redis.call('HSET', shadow_key, 'id', ARGV[14], 'model_version', shadow, 'queue',
            'shadow_of', ARGV[7], unpack(copy))
 redis.call('EXPIRE', shadow_key, ARGV[4])
 redis.call('HSET', KEYS[2], 'shadow_id', ARGV[14])
+if ARGV[18] ~= '' then
+  redis.call('LPUSH', shadow_queue, (string.gsub(ARGV[18], '@queue@', (string.gsub(shadow_queue, '%%', '%%%%')), 1)))
+end
 return {'ok', version, queue, shadow_queue, ARGV[14]}
 """
 
@@ -259,6 +266,8 @@ class Routed:
     # "ok" with a shadow copy: the copy's queue and job id
     shadow_queue: str = ""
     shadow_id: str = ""
+    # "ok" with ``enqueue``: the messages are on their queues already
+    enqueued: bool = False
 
 
 @dataclass(frozen=True)
@@ -325,6 +334,8 @@ class JobStore:
         dry_run: bool = False,
         shadow_draw: float = 1.0,
         shadow_max_depth: int = 0,
+        enqueue: bool = False,
+        request_id: str | None = None,
     ) -> Routed:
         """Create and route the job, unless its version's queue is over ``max_queue_depth``, the
         estimated wait for it is over ``budget_seconds`` (0: no estimate), or ``client`` already
@@ -333,13 +344,22 @@ class JobStore:
 
         With a shadow version in the rollout state and ``shadow_draw`` under its fraction, a shadow
         copy of the job is created too, unless the shadow queue holds ``shadow_max_depth``
-        messages already; the caller sends its message (``Routed.shadow_queue``)."""
+        messages already.
+
+        ``enqueue``: the script also pushes the job's message (and its shadow copy's) onto the
+        queue it routed it to, in the same atomic step (``Routed.enqueued``); otherwise the caller
+        sends them (``Routed.queue``, ``Routed.shadow_queue``)."""
         now = time.time()
         record = {"id": job_id, "status": QUEUED, "created_at": repr(now), "deliveries": "0"}
         record.update({k: _to_str(v) for k, v in fields.items()})
         flat: list[str] = []
         for key, value in record.items():
             flat += [key, value]
+        shadow_id = "" if dry_run else self.new_id()
+        message = shadow_message = ""
+        if enqueue and not dry_run:
+            message = recognition_message(job_id=job_id, request_id=request_id)
+            shadow_message = recognition_message(job_id=shadow_id, request_id=request_id)
         reply = self._create(
             keys=[self.rollout_key, self.job_key(job_id), self.pending_key],
             args=[
@@ -356,17 +376,20 @@ class JobStore:
                 client,
                 str(int(client_max_jobs)),
                 "1" if dry_run else "0",
-                "" if dry_run else self.new_id(),
+                shadow_id,
                 repr(shadow_draw),
                 str(int(shadow_max_depth)),
+                message,
+                shadow_message,
                 *flat,
             ],
         )
         outcome = _s(reply[0])
         if outcome == "ok":
             if len(reply) > 3:
-                return Routed("ok", _s(reply[1]), _s(reply[2]), shadow_queue=_s(reply[3]), shadow_id=_s(reply[4]))
-            return Routed("ok", _s(reply[1]), _s(reply[2]))
+                return Routed("ok", _s(reply[1]), _s(reply[2]), shadow_queue=_s(reply[3]), shadow_id=_s(reply[4]),
+                              enqueued=bool(message))
+            return Routed("ok", _s(reply[1]), _s(reply[2]), enqueued=bool(message))
         if outcome == "full":
             return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
         if outcome == "key_full":

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
+import uuid
 from typing import Any, Protocol
 
 import redis
@@ -48,6 +51,41 @@ def recognition_send(app: TaskSender, *, job_id: str, request_id: str | None, qu
     """Put one job's message on ``queue``."""
     app.send_task(TASK_NAME, kwargs={"job_id": job_id, "request_id": request_id},
                   queue=queue, routing_key=queue)
+
+
+# Where a message names its queue before the job-creation script has chosen it (common.jobstore
+# puts the queue's name in its place: the script routes the job and pushes its message at once).
+QUEUE_PLACEHOLDER = "@queue@"
+_HOST = socket.gethostname()
+_REPLY_TO = str(uuid.uuid4())
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def recognition_message(*, job_id: str, request_id: str | None, queue: str = QUEUE_PLACEHOLDER) -> str:
+    """One job's message exactly as Celery's ``send_task`` and kombu's Redis transport write it
+    (Celery's task protocol 2, JSON body, base64 body encoding): what a worker takes off
+    ``queue``'s list. Built here so that the job-creation script can push it in the same atomic
+    step that creates and routes the job (one round trip, and no job without its message);
+    ``tests/common/test_queues.py`` compares it, key by key, with what ``send_task`` writes."""
+    task_id = str(uuid.uuid4())
+    kwargs = {"job_id": job_id, "request_id": request_id}
+    body = json.dumps([[], kwargs, _EMBED])
+    return json.dumps({
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None, "expires": None,
+            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
+            "parent_id": None, "argsrepr": "()", "kwargsrepr": repr(kwargs), "origin": f"gen{os.getpid()}@{_HOST}",
+            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id, "reply_to": _REPLY_TO, "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    })
 
 
 def message_task(raw: bytes | str) -> tuple[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ import os
 import random
 import threading
 import time
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +40,6 @@ from common.imaging import ImageInfo, inspect_image
 from common.jobstore import SUCCEEDED, TERMINAL, JobStore, Routed
 from common.membudget import DecodeBudget, budget_bytes
 from common.metrics import statsd
-from common.queues import recognition_send
 from common.ratelimit import Bucket, RateLimiter, retry_after_seconds
 from common.redisconn import RedisTarget
 from common.rollout import rollout_state
@@ -85,12 +84,6 @@ def finish_listener() -> FinishListener:
             # to answer it falls back to a subscription of its own.
             _listener.start(ready_timeout=1.0)
         return _listener
-
-
-def _celery():  # type: ignore[no-untyped-def]
-    from config.celery_app import app  # light: the worker's TensorFlow stays unimported
-
-    return app
 
 
 @lru_cache(maxsize=1)
@@ -172,16 +165,14 @@ def _job_enqueue(
     *, store: JobStore, job_id: str, data: bytes, content_type: str, fields: dict[str, object],
     client: KeyPolicy, budget_seconds: float,
 ) -> None:
+    """Store the photo, then create, route and enqueue the job (and its shadow copy) in one
+    atomic script: there is no job without its message, nor a message without its job."""
     image_store().put(job_id, data, content_type)
     try:
-        routed = _admit(store=store, job_id=job_id, fields=fields, client=client, budget_seconds=budget_seconds)
         try:
-            recognition_send(_celery(), job_id=job_id, request_id=str(fields["request_id"]),
-                             queue=routed.queue)
-        except Exception as exc:
-            store.delete(job_id)
-            if routed.shadow_id:
-                store.delete(routed.shadow_id)
+            routed = _admit(store=store, job_id=job_id, fields=fields, client=client, budget_seconds=budget_seconds,
+                            enqueue=True, request_id=str(fields["request_id"]))
+        except redis.RedisError as exc:
             logger.warning("enqueue failed: %s: %s", type(exc).__name__, exc)
             if _redis_full(exc):
                 raise ServiceUnavailable("The job store is full; retry later.") from exc
@@ -191,22 +182,10 @@ def _job_enqueue(
     except BaseException:
         _forget_image(job_id)
         raise
-    if routed.shadow_id:
-        _shadow_send(store=store, routed=routed, request_id=str(fields["request_id"]))
     logger.info(
         "job queued",
         extra={"job_id": job_id, "model_version": routed.version, "client": client.name},
     )
-
-
-def _shadow_send(*, store: JobStore, routed: Routed, request_id: str) -> None:
-    """Queue the job's shadow copy; its failure is the shadow's loss only, never the client's."""
-    try:
-        recognition_send(_celery(), job_id=routed.shadow_id, request_id=request_id, queue=routed.shadow_queue)
-    except Exception as exc:
-        logger.warning("shadow copy not queued: %s: %s", type(exc).__name__, exc)
-        with suppress(Exception):
-            store.delete(routed.shadow_id)
 
 
 def recognition_admission_check(*, client: KeyPolicy, wait_seconds: float) -> None:
@@ -223,9 +202,10 @@ def _budget(wait_seconds: float) -> float:
 
 def _admit(
     *, store: JobStore, job_id: str, fields: dict[str, object], client: KeyPolicy, budget_seconds: float,
-    dry_run: bool = False,
+    dry_run: bool = False, enqueue: bool = False, request_id: str | None = None,
 ) -> Routed:
-    """Route the job (create it, unless ``dry_run``), or raise what its refusal answers."""
+    """Route the job (create it, unless ``dry_run``, and push its message with ``enqueue``), or
+    raise what its refusal answers."""
     routed = store.create(
         job_id=job_id,
         fields=fields,
@@ -239,6 +219,8 @@ def _admit(
         dry_run=dry_run,
         shadow_draw=random.random(),
         shadow_max_depth=settings.SHADOW_MAX_QUEUE_DEPTH,
+        enqueue=enqueue,
+        request_id=request_id,
     )
     if routed.outcome == "key_full":
         raise RateLimited(

@@ -1,4 +1,4 @@
-"""An API in-process (DRF's APIClient) on a real Redis, with a real Celery app sending to it."""
+"""An API in-process (DRF's APIClient) on a real Redis; its job-creation script queues the messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
 from PIL import Image
 from rest_framework.test import APIClient
 
@@ -64,15 +63,11 @@ def api(settings, redis_url: str, redis_client: redis.Redis, key_prefix: str, tm
     settings.API_KEYS = f"app:{digest}"
     settings.IMAGE_STORE_URL = (tmp_path / "images").as_uri()
     settings.DEFAULT_MODEL_VERSION = version
-    sender = Celery("tests", broker=redis_url)
-    sender.conf.update(task_serializer="json", accept_content=["json"])
-    monkeypatch.setattr(services, "_celery", lambda: sender)
     reset_services()
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
     yield Api(client, redis_client, version, key_prefix, tmp_path / "images")
     reset_services()
-    sender.close()
     redis_client.delete(queue_for(version))
 
 

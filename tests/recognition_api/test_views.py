@@ -9,6 +9,7 @@ import threading
 import uuid
 
 import pytest
+import redis
 
 from common import heartbeat
 from common.apikeys import KeyPolicy
@@ -68,18 +69,24 @@ def test_a_full_queue_answers_429_with_retry_after_and_forgets_the_photo(api: Ap
     assert len(api.messages()) == 1 and len(api.stored_images()) == 1
 
 
-def test_a_failed_enqueue_answers_503_and_removes_the_job_and_the_photo(
+def test_a_failed_enqueue_answers_503_and_removes_the_photo(
     api: Api, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class BrokenBroker:
-        def send_task(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            raise ConnectionError("broker away")
+    def broken_create(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise redis.ConnectionError("redis away")
 
-    monkeypatch.setattr(services, "_celery", BrokenBroker)
+    monkeypatch.setattr(services.job_store(), "create", broken_create)
     with pytest.raises(ServiceUnavailable):
         services.recognition_job_create(data=photo().getvalue(), client=KeyPolicy("app"), request_id="r1")
     assert api.stored_images() == []
     assert not api.redis.keys(f"{api.prefix}job:*")
+
+
+def test_the_job_and_its_message_are_made_in_one_step_as_celery_would_send_it(api: Api) -> None:
+    job_id = post(api).json()["id"]
+    (message,) = api.messages()
+    request_id = api.jobs().get(job_id)["request_id"]
+    assert message == {"task": "recognition.recognize", "job_id": job_id, "request_id": request_id}
 
 
 def test_a_job_no_replica_acknowledged_answers_503_and_is_withdrawn(api: Api, settings) -> None:  # type: ignore[no-untyped-def]
