@@ -165,6 +165,7 @@ async def run(
     headers = [("Authorization", f"Bearer {key}")] if key else []
     uploads = [Upload.multipart("image", name, data) for name, data in images]
     outcomes: list[Outcome] = []
+    warmup_outcomes: list[Outcome] = []
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     begin = time.perf_counter()
     measure_from = begin + warmup
@@ -181,6 +182,8 @@ async def run(
                 sent += 1
                 if outcome.started >= measure_from:
                     outcomes.append(outcome)
+                else:
+                    warmup_outcomes.append(outcome)
                 i += concurrency
         finally:
             conn.close()
@@ -189,6 +192,7 @@ async def run(
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     ok = [o for o in outcomes if o.ok]
     errors = [o.error for o in outcomes if not o.ok]
+    warmup_errors = [o.error for o in warmup_outcomes if not o.ok]
     elapsed = (max(o.finished for o in ok) - measure_from) if ok else float("nan")
     timing_keys = sorted({k for o in ok for k in o.timings})
     return {
@@ -199,6 +203,10 @@ async def run(
         "succeeded": len(ok),
         "errors": len(errors),
         "error_samples": errors[:5],
+        # Not counted, but their CPU is (sent_with_warmup): a burst of fast failures in the
+        # warm-up would make the CPU per request look low.
+        "warmup_errors": len(warmup_errors),
+        "warmup_error_samples": warmup_errors[:5],
         "elapsed_s": elapsed,
         "throughput": len(ok) / elapsed if ok and elapsed > 0 else 0.0,
         "latencies_ms": [(o.finished - o.started) * 1000 for o in ok],

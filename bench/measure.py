@@ -127,6 +127,9 @@ def aggregate(target: str, concurrency: int, runs: list[dict]) -> dict:
         "p95": spread(r["p95"] for r in runs),
         "p99": spread(r["p99"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
+        # Failed answers in the warm-ups (e.g. our API's 429s while its completion rate, stale
+        # after the other side's run, catches up): not counted, but in the CPU per request.
+        "warmup_errors": sum(r.get("warmup_errors", 0) for r in runs),
         "requests": sum(r["succeeded"] for r in runs),
         "client_cpu_ms_per_request": 1000 * client / max(1, sum(r["succeeded"] for r in runs)),
         "server_timings_mean_ms": runs[-1]["server_timings_mean_ms"],

@@ -94,6 +94,12 @@ def cpu_note(agg: dict) -> str:
 def load_row(part: str, case: str, agg: dict, note: str = "") -> list[str]:
     extra = cpu_note(agg)
     note = f"{note}; {extra}" if note and extra else note or extra
+    errors, early = agg.get("errors", 0), agg.get("warmup_errors", 0)
+    if errors:
+        note += f"; {errors} FAILED answers (not counted)"
+    if early:
+        sent = sum(r.get("sent_with_warmup", 0) for r in agg.get("runs", []))
+        note += f"; {early} of {sent} sent failed in the warm-ups (not counted; CPU/req is over all sent)"
     others = agg.get("others_cpu_share")
     if others is not None and others >= 0.05:
         note += f"; OTHER PROCESSES used {others:.0%} of the machine meanwhile"

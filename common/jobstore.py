@@ -404,9 +404,9 @@ class JobStore:
         written so far for ``job_id``; return how many do.
 
         Redis ``WAIT`` counts the replicas that hold this connection's last write, and the job's
-        message went through another connection (the Celery producer's); so this first writes
-        ``enqueued_at`` to the record, which the primary's replication stream carries after the
-        message: a replica that has it has both."""
+        record and message may have gone through another connection of the pool (or the Celery
+        producer's, for a message sent again); so this first writes ``enqueued_at`` to the record,
+        which the primary's replication stream carries after them: a replica that has it has all."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.job_key(job_id), "enqueued_at", repr(time.time()))
         pipe.execute_command("WAIT", replicas, timeout_ms)

@@ -83,3 +83,15 @@ def test_a_refused_connection_is_an_error_not_a_crash() -> None:
                              duration=0.2, warmup=0))
     assert result["succeeded"] == 0 and result["errors"] > 0
     assert "ConnectionRefusedError" in result["error_samples"][0]
+
+
+def test_failures_in_the_warm_up_are_kept_apart() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = asyncio.run(run(f"http://127.0.0.1:{port}", "bento", PHOTOS, concurrency=1,
+                             duration=0.05, warmup=0.2))
+    assert result["warmup_errors"] > 0 and result["warmup_errors"] + result["errors"] == result["sent_with_warmup"]
+    assert "ConnectionRefusedError" in result["warmup_error_samples"][0]
