@@ -223,8 +223,15 @@ if not status then
 end
 if status == 'succeeded' or status == 'failed' then return 0 end
 local fields = redis.call('HMGET', KEYS[1], 'notify', 'model_version', 'client', 'shadow_of')
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+-- ARGV[6]: how many live-figure counters follow (common.livestats), then their hash; then the fields.
+local counters = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8 + counters))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if counters > 0 then
+  local stats = ARGV[7 + counters]
+  for i = 7, 6 + counters do redis.call('HINCRBY', stats, ARGV[i], 1) end
+  redis.call('EXPIRE', stats, 691200)
+end
 redis.call('ZREM', KEYS[2], ARGV[4])
 if fields[2] then redis.call('ZREM', ARGV[5] .. 'backlog:' .. fields[2], ARGV[4]) end
 if fields[3] then redis.call('ZREM', ARGV[5] .. 'keyjobs:' .. fields[3], ARGV[4]) end
@@ -251,6 +258,10 @@ if redis.call('HSETNX', KEYS[1], 'feedback', ARGV[1]) == 0 then return 'exists' 
 redis.call('HSET', KEYS[1], 'feedback_at', ARGV[2])
 return 'ok'
 """
+
+
+# A hash and the fields in it that a job's first terminal write adds one to.
+Counters = tuple[str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -506,26 +517,32 @@ class JobStore:
         )]
         return list(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
 
-    def finish_many(self, finishes: list[tuple[str, dict[str, Any]]]) -> list[bool]:
-        """Write terminal states for many jobs in one round trip; first write wins."""
+    def finish_many(
+        self, finishes: list[tuple[str, dict[str, Any]]], counters: list[Counters | None] | None = None,
+    ) -> list[bool]:
+        """Write terminal states for many jobs in one round trip; first write wins. ``counters``
+        (one per finish, or None): a hash and the fields in it to add one to, only when this is
+        the job's first terminal write (its version's live figures, ``common.livestats``)."""
         pipe = self.client.pipeline(transaction=False)
-        for job_id, fields in finishes:
+        for (job_id, fields), count in zip(finishes, counters or [None] * len(finishes), strict=True):
             status = fields["status"]
             flat: list[str] = []
             for key, value in fields.items():
                 flat += [key, _to_str(value)]
+            counted = [str(len(count[1])), *count[1], count[0]] if count and count[1] else ["0", ""]
             self._finish(
                 keys=[self.job_key(job_id), self.pending_key],
-                args=[str(self.ttl_seconds), self.done_channel(job_id), status, job_id, self.prefix, *flat],
+                args=[str(self.ttl_seconds), self.done_channel(job_id), status, job_id, self.prefix, *counted,
+                      *flat],
                 client=pipe,
             )
         return [bool(x) for x in pipe.execute()]
 
-    def succeed(self, job_id: str, **fields: Any) -> bool:
-        return self.finish_many([(job_id, succeeded_fields(**fields))])[0]
+    def succeed(self, job_id: str, *, counters: Counters | None = None, **fields: Any) -> bool:
+        return self.finish_many([(job_id, succeeded_fields(**fields))], [counters])[0]
 
-    def fail(self, job_id: str, code: str, message: str, **fields: Any) -> bool:
-        return self.finish_many([(job_id, failed_fields(code, message, **fields))])[0]
+    def fail(self, job_id: str, code: str, message: str, *, counters: Counters | None = None, **fields: Any) -> bool:
+        return self.finish_many([(job_id, failed_fields(code, message, **fields))], [counters])[0]
 
 
 def succeeded_fields(*, result: dict, timings: dict, **extra: Any) -> dict[str, Any]:

@@ -91,25 +91,31 @@ def same(a: str | None, b: str | None) -> bool:
 # --- writing --------------------------------------------------------------------------
 
 
-def record_finish(
-    pipe: redis.client.Pipeline, *, prefix: str, version: str, status: str, shadow: bool = False,
-    error_code: str | None = None, latency_ms: float | None = None, result: Mapping[str, Any] | None = None,
-    now: float | None = None,
-) -> None:
-    """Count one job's end (only its first terminal write: the caller checks)."""
-    key = stats_key(prefix, version, minute(now))
-    pipe.hincrby(key, "jobs", 1)
+def finish_counters(
+    *, prefix: str, version: str, status: str, shadow: bool = False, error_code: str | None = None,
+    latency_ms: float | None = None, result: Mapping[str, Any] | None = None, now: float | None = None,
+) -> tuple[str, list[str]]:
+    """The hash and the fields in it that one job's end adds one to. The job store's finish adds
+    them in the same atomic step as the job's first terminal write (``JobStore.succeed``), so a
+    job is counted once, whatever its deliveries."""
+    names = ["jobs"]
     if shadow:
-        pipe.hincrby(key, "shadow_jobs", 1)
+        names.append("shadow_jobs")
     if status == "failed":
-        pipe.hincrby(key, "failed", 1)
-        pipe.hincrby(key, f"err:{error_code or 'unknown'}", 1)
+        names += ["failed", f"err:{error_code or 'unknown'}"]
     else:
-        for name in FIELDS:
-            if field_value(result, name)[0] is None:
-                pipe.hincrby(key, f"null:{name}", 1)
+        names += [f"null:{name}" for name in FIELDS if field_value(result, name)[0] is None]
         if latency_ms is not None:
-            pipe.hincrby(key, f"lat:{latency_bucket(latency_ms)}", 1)
+            names.append(f"lat:{latency_bucket(latency_ms)}")
+    return stats_key(prefix, version, minute(now)), names
+
+
+def record_finish(pipe: redis.client.Pipeline, **kwargs: Any) -> None:
+    """Count one job's end through ``pipe`` (what ``finish_counters`` names; for tests and tools:
+    the worker counts in its finish)."""
+    key, names = finish_counters(**kwargs)
+    for name in names:
+        pipe.hincrby(key, name, 1)
     pipe.expire(key, STATS_TTL_SECONDS)
 
 

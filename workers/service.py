@@ -180,9 +180,13 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
         inference=round(outcome.inference_ms, 2),
         batch_size=outcome.batch_size,
     )
+    latency_ms = _latency_ms(record)
     try:
         first = context.jobs.succeed(
             job_id,
+            counters=livestats.finish_counters(
+                prefix=context.jobs.prefix, version=context.model_version, status="succeeded",
+                shadow=bool(record.get("shadow_of")), latency_ms=latency_ms, result=outcome.output),
             result=outcome.output,
             timings=timings,
             model_name=context.model_name,
@@ -192,39 +196,34 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
         raise TransientError("redis", exc) from exc
     statsd().increment("job.completed", tags=[*tags, "status:succeeded"])
     if first:
-        _count_finish(context, record, status="succeeded", result=outcome.output)
+        _after_finish(context, record, status="succeeded", latency_ms=latency_ms, result=outcome.output)
     return "succeeded"
 
 
-def _count_finish(
-    context: WorkerContext, record: dict[str, str], *, status: str, error_code: str | None = None,
+def _latency_ms(record: dict[str, str]) -> float | None:
+    return (time.time() - float(record["created_at"])) * 1000 if record.get("created_at") else None
+
+
+def _after_finish(
+    context: WorkerContext, record: dict[str, str], *, status: str, latency_ms: float | None = None,
     result: dict | None = None,
 ) -> None:
-    """The version's live figures (``common.livestats``), once per job, and the shadow comparison
-    once both copies of a shadowed job have finished. Best effort: the result is written already."""
-    shadow = bool(record.get("shadow_of"))
-    role = "shadow" if shadow else "live"
-    latency_ms = None
-    if record.get("created_at"):
-        latency_ms = (time.time() - float(record["created_at"])) * 1000
-    jobs = context.jobs
-    try:
-        pipe = jobs.client.pipeline(transaction=False)
-        livestats.record_finish(pipe, prefix=jobs.prefix, version=context.model_version, status=status,
-                                shadow=shadow, error_code=error_code,
-                                latency_ms=latency_ms if status == "succeeded" else None, result=result)
-        pipe.execute()
-        if record.get("shadow_of") or record.get("shadow_id"):
-            _compare_shadow(jobs, primary_id=record.get("shadow_of") or record["id"],
+    """After a job's first terminal write (which counted it in its version's live figures): the
+    shadow comparison once both copies of a shadowed job have finished, and the metrics. Best
+    effort: the result is written already."""
+    if record.get("shadow_of") or record.get("shadow_id"):
+        try:
+            _compare_shadow(context.jobs, primary_id=record.get("shadow_of") or record["id"],
                             shadow_id=record.get("shadow_id") or record["id"])
-    except redis.RedisError as exc:
-        logger.warning("live figures not counted: %s: %s", type(exc).__name__, exc)
-    tags = [*version_tags(context.model_version), f"role:{role}"]
-    if latency_ms is not None and status == "succeeded":
-        statsd().distribution("job.latency", latency_ms, tags=tags)
-        for name in livestats.FIELDS:
-            if livestats.field_value(result, name)[0] is None:
-                statsd().increment("job.field_null", tags=[*tags, f"field:{name}"])
+        except redis.RedisError as exc:
+            logger.warning("shadow comparison not counted: %s: %s", type(exc).__name__, exc)
+    if status != "succeeded" or latency_ms is None:
+        return
+    tags = [*version_tags(context.model_version), f"role:{'shadow' if record.get('shadow_of') else 'live'}"]
+    statsd().distribution("job.latency", latency_ms, tags=tags)
+    for name in livestats.FIELDS:
+        if livestats.field_value(result, name)[0] is None:
+            statsd().increment("job.field_null", tags=[*tags, f"field:{name}"])
 
 
 def _compare_shadow(jobs: JobStore, *, primary_id: str, shadow_id: str) -> None:
@@ -280,16 +279,20 @@ def _record_failure(
     statsd().increment("job.completed", tags=[
         *version_tags(context.model_version, queue_for(context.model_version)),
         "status:failed", f"error_code:{failure.code}"])
+    record = record or {"id": job_id}
     try:
         first = context.jobs.fail(
             job_id,
             failure.code,
             failure.message,
+            counters=livestats.finish_counters(
+                prefix=context.jobs.prefix, version=context.model_version, status="failed",
+                shadow=bool(record.get("shadow_of")), error_code=failure.code),
             model_name=context.model_name,
             model_version=context.model_version,
         )
     except redis.RedisError as exc:
         raise TransientError("redis", exc) from exc
     if first:
-        _count_finish(context, record or {"id": job_id}, status="failed", error_code=failure.code)
+        _after_finish(context, record, status="failed")
 
