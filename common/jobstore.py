@@ -279,6 +279,9 @@ class Routed:
     shadow_id: str = ""
     # "ok" with ``enqueue``: the messages are on their queues already
     enqueued: bool = False
+    # "ok": the record as the script wrote it (what a read right after would give, unless a
+    # worker has claimed it meanwhile)
+    record: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -397,10 +400,11 @@ class JobStore:
         )
         outcome = _s(reply[0])
         if outcome == "ok":
+            written = {**record, "model_version": _s(reply[1]), "queue": _s(reply[2])}
             if len(reply) > 3:
                 return Routed("ok", _s(reply[1]), _s(reply[2]), shadow_queue=_s(reply[3]), shadow_id=_s(reply[4]),
-                              enqueued=bool(message))
-            return Routed("ok", _s(reply[1]), _s(reply[2]), enqueued=bool(message))
+                              enqueued=bool(message), record={**written, "shadow_id": _s(reply[4])})
+            return Routed("ok", _s(reply[1]), _s(reply[2]), enqueued=bool(message), record=written)
         if outcome == "full":
             return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
         if outcome == "key_full":

@@ -147,10 +147,10 @@ def recognition_job_create(
         fields["notify"] = listener.channel
     # Registered before the job exists, so that its finish cannot come before we listen.
     with listener.registered(job_id) if listener is not None else nullcontext() as woken:
-        _job_enqueue(store=store, job_id=job_id, data=data, content_type=info.content_type,
-                     fields=fields, client=client, budget_seconds=budget)
+        routed = _job_enqueue(store=store, job_id=job_id, data=data, content_type=info.content_type,
+                              fields=fields, client=client, budget_seconds=budget)
         if wait_seconds <= 0:
-            record = store.get(job_id)
+            record = routed.record  # as written: no second round trip to read it back
         elif listener is not None and woken is not None:
             record = listener.wait(woken, lambda: store.get(job_id),
                                    lambda r: r.get("status") in TERMINAL, wait_seconds)
@@ -164,7 +164,7 @@ def recognition_job_create(
 def _job_enqueue(
     *, store: JobStore, job_id: str, data: bytes, content_type: str, fields: dict[str, object],
     client: KeyPolicy, budget_seconds: float,
-) -> None:
+) -> Routed:
     """Store the photo, then create, route and enqueue the job (and its shadow copy) in one
     atomic script: there is no job without its message, nor a message without its job."""
     image_store().put(job_id, data, content_type)
@@ -186,6 +186,7 @@ def _job_enqueue(
         "job queued",
         extra={"job_id": job_id, "model_version": routed.version, "client": client.name},
     )
+    return routed
 
 
 def recognition_admission_check(*, client: KeyPolicy, wait_seconds: float) -> None:
