@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import redis
 from PIL import Image
 
-from harness import start_redis
+from harness import free_port, spawn, start_redis, wait_until
 from tests.support import REFERENCE_MODEL_ROOT
 
 
@@ -33,6 +35,19 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def key_prefix() -> str:
     """Each test's keys live under their own prefix, so tests never see each other's."""
     return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3-compatible server (moto's) of the tests' own, on a free port."""
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    process = spawn("moto", ["moto_server", "-H", "127.0.0.1", "-p", str(port)], env,
+                    tmp_path_factory.mktemp("moto"))
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(url).status_code < 500, 30, "moto_server")
+    yield url
+    process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 
 from common.errors import ImageUnavailable
 from common.imagestore import LocalImageStore, S3ImageStore, image_store_from_url
-from harness import free_port, spawn, wait_until
 
 
 def test_the_local_store_round_trips_and_expires(tmp_path: Path) -> None:
@@ -40,18 +37,6 @@ def test_the_local_store_refuses_keys_that_escape_its_directory(tmp_path: Path) 
 def test_it_rejects_an_unknown_store_url() -> None:
     with pytest.raises(ValueError, match="file:///path or s3://bucket/prefix"):
         image_store_from_url("ftp://example/images")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    process = spawn("moto", ["moto_server", "-H", "127.0.0.1", "-p", str(port)], env,
-                    tmp_path_factory.mktemp("moto"))
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(url).status_code < 500, 30, "moto_server")
-    yield url
-    process.stop()
 
 
 @pytest.fixture

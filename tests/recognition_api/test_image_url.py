@@ -13,27 +13,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
-import httpx
 import pytest
 
-from harness import free_port, spawn, wait_until
 from recognition_api import services
 from tests.recognition_api.conftest import Api, photo
 
 ALLOWED = "s3://listing-photos/uploads/"
 URL = "s3://listing-photos/uploads/1234/front.jpg"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    process = spawn("moto", ["moto_server", "-H", "127.0.0.1", "-p", str(port)], env,
-                    tmp_path_factory.mktemp("moto"))
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(url).status_code < 500, 30, "moto_server")
-    yield url
-    process.stop()
 
 
 @pytest.fixture
