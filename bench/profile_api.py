@@ -4,7 +4,7 @@
 
 Runs the API in-process (Django's test client: no Gunicorn, no HTTP parsing) on a redis-server of its
 own, posts a 1024x768 JPEG ``--requests`` times without waiting for a result, and prints the CPU per
-request (``time.process_time``), then, under cProfile, each step's share: rate limit, admission check,
+request (``time.process_time``), then, under cProfile, each step's share: rate limit and admission check,
 multipart parsing, image check, image store, the create-route-enqueue script, logging, rendering.
 cProfile makes everything slower (roughly twice); compare the steps with each other, and the CPU per
 request (``--no-profile``) between commits.
@@ -25,8 +25,7 @@ from harness import start_redis
 
 STEPS = {
     "the whole view (RecognizeApi.post)": ("recognition_api/views.py", "post"),
-    "rate limit script": ("recognition_api/services.py", "recognition_rate_check"),
-    "admission check (dry-run script)": ("recognition_api/services.py", "recognition_admission_check"),
+    "rate limit + admission check (one round trip)": ("recognition_api/services.py", "recognition_precheck"),
     "multipart parsing (request.FILES)": ("django/http/multipartparser.py", "parse"),
     "image check (inspect_image)": ("common/imaging.py", "inspect_image"),
     "image store write": ("common/imagestore.py", "put"),

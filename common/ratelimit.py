@@ -9,7 +9,9 @@ clock, so every API process and pod sees the same buckets.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -55,14 +57,30 @@ class RateLimiter:
         buckets = [b for b in buckets if b.rate > 0]
         if not buckets:
             return 0.0
-        args: list[str] = []
-        for bucket in buckets:
-            args += [repr(float(bucket.rate)), str(max(1, int(bucket.burst)))]
-        reply = self._take(keys=[b.key for b in buckets], args=args)
-        if int(reply[0]) == 1:
-            return 0.0
-        raw = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
-        return max(float(raw), 1e-3)
+        return _wait(self._take(keys=[b.key for b in buckets], args=_args(buckets)))
+
+    def take_in(self, pipe: redis.client.Pipeline, buckets: list[Bucket]) -> Callable[[Any], float] | None:
+        """``take`` queued on ``pipe``: returns what reads its reply, or None when no bucket limits
+        (nothing was queued)."""
+        buckets = [b for b in buckets if b.rate > 0]
+        if not buckets:
+            return None
+        self._take(keys=[b.key for b in buckets], args=_args(buckets), client=pipe)
+        return _wait
+
+
+def _args(buckets: list[Bucket]) -> list[str]:
+    args: list[str] = []
+    for bucket in buckets:
+        args += [repr(float(bucket.rate)), str(max(1, int(bucket.burst)))]
+    return args
+
+
+def _wait(reply: Any) -> float:
+    if int(reply[0]) == 1:
+        return 0.0
+    raw = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+    return max(float(raw), 1e-3)
 
 
 def retry_after_seconds(wait: float) -> int:

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -189,12 +190,39 @@ def _job_enqueue(
     return routed
 
 
-def recognition_admission_check(*, client: KeyPolicy, wait_seconds: float) -> None:
-    """Refuse now, before the upload is read, a job that would be refused anyway: its key's share
-    of the queue is full, or the estimated time is over what its client waits. Nothing is created;
-    the job's creation checks again, atomically."""
-    _admit(store=job_store(), job_id=JobStore.new_id(), fields={}, client=client,
-           budget_seconds=_budget(wait_seconds), dry_run=True)
+@dataclass(frozen=True)
+class Precheck:
+    """What a new job would meet, asked of Redis in one round trip before its upload is read: its
+    key's (and device's) rate, and admission (its key's share of the queue, the estimated wait
+    against what its client waits). Nothing is created; the job's creation checks again,
+    atomically. Each ``raise_*`` raises the refusal it found, so that the view can answer them in
+    its own order."""
+
+    rate_wait: float
+    admission: Routed
+    budget_seconds: float
+
+    def raise_if_rate_limited(self) -> None:
+        if self.rate_wait:
+            retry_after = retry_after_seconds(self.rate_wait)
+            raise RateLimited(f"This API key (or this device) is over its rate of new jobs; retry in {retry_after} s.",
+                              retry_after=retry_after)
+
+    def raise_if_not_admitted(self) -> None:
+        _raise_refusal(self.admission, self.budget_seconds)
+
+
+def recognition_precheck(*, client: KeyPolicy, device_id: str | None, wait_seconds: float) -> Precheck:
+    """Take a token from the key's bucket (and its device's, for a key with a per-device rate) and
+    ask whether the job would be admitted now: two scripts, one round trip."""
+    budget = _budget(wait_seconds)
+    pipe = redis_client().pipeline(transaction=False)
+    read_rate = rate_limiter().take_in(pipe, _buckets(client, device_id))
+    read_admission = job_store().create_in(pipe, **_create_kwargs(
+        job_id=JobStore.new_id(), fields={}, client=client, budget_seconds=budget, dry_run=True))
+    replies = pipe.execute()
+    rate_wait = read_rate(replies[0]) if read_rate is not None else 0.0
+    return Precheck(rate_wait, read_admission(replies[-1]), budget)
 
 
 def _budget(wait_seconds: float) -> float:
@@ -207,22 +235,35 @@ def _admit(
 ) -> Routed:
     """Route the job (create it, unless ``dry_run``, and push its message with ``enqueue``), or
     raise what its refusal answers."""
-    routed = store.create(
-        job_id=job_id,
-        fields=fields,
-        default_version=settings.DEFAULT_MODEL_VERSION,
-        max_queue_depth=settings.MAX_QUEUE_DEPTH,
-        canary_draw=random.random(),
-        budget_seconds=budget_seconds * settings.ADMISSION_TARGET,
-        rate_window_seconds=settings.ADMISSION_WINDOW_SECONDS,
-        client=client.name,
-        client_max_jobs=client.max_jobs,
-        dry_run=dry_run,
-        shadow_draw=random.random(),
-        shadow_max_depth=settings.SHADOW_MAX_QUEUE_DEPTH,
-        enqueue=enqueue,
-        request_id=request_id,
-    )
+    routed = store.create(**_create_kwargs(job_id=job_id, fields=fields, client=client, budget_seconds=budget_seconds,
+                                           dry_run=dry_run, enqueue=enqueue, request_id=request_id))
+    _raise_refusal(routed, budget_seconds)
+    return routed
+
+
+def _create_kwargs(
+    *, job_id: str, fields: dict[str, object], client: KeyPolicy, budget_seconds: float, dry_run: bool,
+    enqueue: bool = False, request_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "fields": fields,
+        "default_version": settings.DEFAULT_MODEL_VERSION,
+        "max_queue_depth": settings.MAX_QUEUE_DEPTH,
+        "canary_draw": random.random(),
+        "budget_seconds": budget_seconds * settings.ADMISSION_TARGET,
+        "rate_window_seconds": settings.ADMISSION_WINDOW_SECONDS,
+        "client": client.name,
+        "client_max_jobs": client.max_jobs,
+        "dry_run": dry_run,
+        "shadow_draw": random.random(),
+        "shadow_max_depth": settings.SHADOW_MAX_QUEUE_DEPTH,
+        "enqueue": enqueue,
+        "request_id": request_id,
+    }
+
+
+def _raise_refusal(routed: Routed, budget_seconds: float) -> None:
     if routed.outcome == "key_full":
         raise RateLimited(
             f"This API key already has {routed.backlog} unfinished jobs, its share of the queue; "
@@ -245,7 +286,6 @@ def _admit(
         )
     if routed.outcome != "ok":
         raise NoActiveModel()
-    return routed
 
 
 def _job_replicate(*, store: JobStore, job_id: str) -> None:
@@ -348,20 +388,14 @@ def rate_limiter() -> RateLimiter:
     return RateLimiter(redis_client())
 
 
-def recognition_rate_check(*, client: KeyPolicy, device_id: str | None) -> None:
-    """Take a token from the key's bucket (and its device's, for a key with a per-device rate),
-    or refuse the request with 429 rate_limited and when to come back."""
+def _buckets(client: KeyPolicy, device_id: str | None) -> list[Bucket]:
     prefix = settings.REDIS_KEY_PREFIX
     buckets = [Bucket(f"{prefix}ratelimit:{client.name}", client.rate, client.burst)]
     if device_id and client.device_rate > 0:
         device = hashlib.sha256(device_id.encode(errors="replace")).hexdigest()[:32]
         buckets.append(Bucket(f"{prefix}ratelimit:{client.name}:device:{device}", client.device_rate,
                               max(DEVICE_BURST, math.ceil(2 * client.device_rate))))
-    wait = rate_limiter().take(buckets)
-    if wait:
-        retry_after = retry_after_seconds(wait)
-        raise RateLimited(f"This API key (or this device) is over its rate of new jobs; retry in {retry_after} s.",
-                          retry_after=retry_after)
+    return buckets
 
 
 def _valid_id(job_id: str) -> bool:

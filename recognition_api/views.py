@@ -88,7 +88,11 @@ class RecognizeApi(APIView):
     )
     def post(self, request: Request) -> Response:
         wait = _wait_seconds(request)
-        services.recognition_rate_check(client=request.user.policy, device_id=request.headers.get("X-Device-Id"))
+        # Rate and admission in one round trip, before the upload is parsed, checked and stored: a
+        # refusal costs the API next to nothing. Answered in this order: rate, length, admission.
+        checks = services.recognition_precheck(client=request.user.policy,
+                                               device_id=request.headers.get("X-Device-Id"), wait_seconds=wait)
+        checks.raise_if_rate_limited()
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if not length and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
             raise LengthRequired()
@@ -96,9 +100,8 @@ class RecognizeApi(APIView):
             raise ImageTooLarge(
                 f"The upload is {length:,} bytes; the image limit is {settings.MAX_UPLOAD_BYTES:,} bytes."
             )
-        # Before the upload is parsed, checked and stored: a refusal costs the API next to nothing.
         try:
-            services.recognition_admission_check(client=request.user.policy, wait_seconds=wait)
+            checks.raise_if_not_admitted()
         except RecognitionError:
             _discard_body(request)  # read, so that the client gets to read the answer
             raise
