@@ -38,10 +38,10 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 # by its recent completion rate (jobs the workers finished per second, counted by _FINISH in
 # one-second buckets on Redis's clock, from the first second with a completion in the window)
 # estimates how long a job takes now (Little's law: jobs in the system / throughput). Over the
-# job's budget (how long its client waits) the job is refused as 'late'. Without a completion in
-# the window there is no estimate (idle, or workers just started) and only the depth limit
-# applies; just after a cold start, the first seconds' rate is low, so the estimate errs on the
-# side of refusing.
+# job's budget (how long its client waits) the job is refused as 'late'. With fewer than 5
+# completions in the window there is no estimate (idle, workers just started, or a burst after a
+# quiet spell: a rate from one or two completions is far too low and would refuse jobs the workers
+# are about to take) and only the depth limit applies.
 _CREATE = """
 local active = redis.call('HGET', KEYS[1], 'active')
 if not active or active == '' then active = ARGV[1] end
@@ -78,7 +78,8 @@ if budget > 0 and backlog > 0 then
       if not first then first = second end
     end
   end
-  if first then
+  if done >= 5 then  -- fewer completions than that (workers just started, or a burst after a quiet
+                     -- spell) are noise, not a pace: only the depth limit applies until there are more
     local rate = done / (now - first)
     local wait = backlog / rate
     if wait > budget then

@@ -71,6 +71,16 @@ def test_a_job_whose_estimated_wait_is_over_its_budget_is_refused_as_late(store:
     assert fits.outcome == "ok"
 
 
+def test_a_pace_from_fewer_than_five_completions_refuses_nothing(store: JobStore) -> None:
+    jobs = [create(store)[0] for _ in range(30)]
+    for done in jobs[:4]:  # workers just started (or a burst after a quiet spell): 4 done in the window
+        assert store.succeed(done, result={}, timings={}, model_version="1")
+    time.sleep(1.1)
+    admitted = store.create(job_id=store.new_id(), fields={}, default_version="1", max_queue_depth=0,
+                            canary_draw=0.5, budget_seconds=0.001)
+    assert admitted.outcome == "ok"
+
+
 def test_a_withdrawn_job_leaves_no_trace_in_the_backlogs(store: JobStore, redis_client: redis.Redis) -> None:
     job_id = store.new_id()
     store.create(job_id=job_id, fields={"client": "app"}, default_version="1", max_queue_depth=0,
