@@ -42,7 +42,10 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 # completions in the window there is no estimate (idle, workers just started, or a burst after a
 # quiet spell: a rate from one or two completions is far too low and would refuse jobs the workers
 # are about to take) and only the depth limit applies.
-_CREATE = """
+# The shebang (Redis 7) makes Redis refuse the whole script while it is over maxmemory; without
+# it, Redis checks only the script's first write, here a removal, and would let the job, its
+# message and its shadow copy grow Redis past its limit.
+_CREATE = """#!lua
 local active = redis.call('HGET', KEYS[1], 'active')
 if not active or active == '' then active = ARGV[1] end
 if active == '' then return {'no_model'} end

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from common.jobstore import JobStore
+from harness import start_redis
 
 
 @pytest.fixture
@@ -224,3 +226,21 @@ def test_a_released_claim_is_queued_again_without_counting_a_delivery(store: Job
     assert "worker" not in record
     assert store.claim(job_id, worker="w2", max_deliveries=3).outcome == "claimed", "the next delivery runs at once"
     assert not store.release(job_id, worker="w1", reason="late")
+
+
+def test_a_full_redis_refuses_the_whole_creation_and_it_leaves_nothing(tmp_path: Path) -> None:
+    process, url = start_redis(tmp_path)
+    client = redis.Redis.from_url(url)
+    try:
+        store = JobStore(client, "full:", 3600, 60)
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 512 * 1024)
+        created = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for _ in range(10_000):
+                store.create(job_id=store.new_id(), fields={"image_key": "k" * 64}, default_version="1",
+                             max_queue_depth=0, canary_draw=0.5, enqueue=True, request_id="r")
+                created += 1
+        # Every job created has its message, and the refused one left neither.
+        assert 0 < created == client.llen("recognize.1") == len(client.keys("full:job:*"))
+    finally:
+        process.kill()
