@@ -120,6 +120,8 @@ class _BrandTally:
             "cpu_ms_per_image_unbranded": _summary(self.seconds_unbranded),
             # mean over every photo read, with and without a wordmark
             "cpu_ms_per_stage": {stage: round(1000 * s / photos, 2) for stage, s in self.stages.items()},
+            "misses": self.misses,
+            "false_brand_reads": self.false_brands,
         }
 
 
