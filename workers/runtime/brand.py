@@ -6,22 +6,23 @@ classifier) into the version directory with ``copy_ocr_models`` so a volume is
 self-contained, and ``BrandReader`` loads them from there. Nothing is downloaded, ever.
 
 The models run on ONNX Runtime sessions of our own, with RapidOCR's post-processing (DB
-boxes, CTC decoding) but not its pipeline, which costs about 4x more CPU on these photos
-(docs/PERFORMANCE.md, "OCR cost"):
+boxes, CTC decoding) but not its pipeline, which costs 4x more CPU on the synthetic photos
+with one thread, 8x as it was run before with two (docs/PERFORMANCE.md, "OCR cost"):
 
 - Detection in two passes. The coarse pass sees the whole photo small: long side 384 px,
   but never below half the photo's own resolution, so that a 16 px wordmark is still
   8 px there. Only where it saw something text-like (a peak of its text probability) does
-  the fine pass look again, region by region, at the photo's own resolution (a region's
-  long side at most 320 px; never enlarged), which separates a wordmark the coarse pass
-  merged with the item around it, or saw too small to box.
+  the fine pass look again, at each such region on its own (scaled to at most 320 px on
+  its long side, never enlarged: a small region at the photo's resolution), which boxes
+  a wordmark the coarse pass saw too small to box, or merged with the item around it.
 - The lines the coarse pass boxed cleanly are read first; when they already name a brand,
   the fine pass is skipped. Without any text-like peak nothing is recognised at all.
 - Each line is recognised alone at its own width (the recogniser's cost grows with the
   width; RapidOCR pads a batch to at least 320 px), at most ``MAX_LINES`` per photo.
-- No direction classifier: on the evaluation sets it never changed an answer.
+- No direction classifier: on the evaluation sets (650 synthetic photos, 4 real ones) it
+  never changed a brand shown.
 - One intra-op thread per session: the worker calls ``read`` from many threads at once,
-  and a second thread per call spends more CPU than it saves time.
+  and a second thread spins after every call (about 40 ms of CPU each time here).
 
 ``pipeline="rapidocr"`` is RapidOCR's own pipeline as it ran before (full resolution,
 classifier, batched recognition), kept for comparisons only.
@@ -335,6 +336,8 @@ class BrandReader:
 
         self._det = _session(paths["det.onnx"], threads)
         self._rec = _session(paths["rec.onnx"], threads)
+        self._det_input = self._det.get_inputs()[0].name
+        self._rec_input = self._rec.get_inputs()[0].name
         self._boxes_of = DBPostProcess(
             thresh=0.3, box_thresh=0.5, max_candidates=1000, unclip_ratio=1.6, use_dilation=True, score_mode="fast"
         )
@@ -379,7 +382,7 @@ class BrandReader:
         height, width = detection_size(*rgb.shape[:2], long_side)
         if (height, width) != rgb.shape[:2]:
             rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-        return self._det.run(None, {"x": _network_input(rgb)})[0][0, 0]
+        return self._det.run(None, {self._det_input: _network_input(rgb)})[0][0, 0]
 
     def _boxes(self, prob: np.ndarray, height: int, width: int, left: int = 0, top: int = 0) -> list[np.ndarray]:
         """Text boxes of a probability map, in the pixels of the height x width image it
@@ -402,7 +405,7 @@ class BrandReader:
             for box in reading_order(largest):
                 image = line_image(rgb, box)
                 image = cv2.resize(image, (recognition_width(*image.shape[:2]), REC_HEIGHT))
-                text, score = self._decode(self._rec.run(None, {"x": _network_input(image)})[0])[0][:2]
+                text, score = self._decode(self._rec.run(None, {self._rec_input: _network_input(image)})[0])[0][:2]
                 if score >= TEXT_SCORE:
                     lines.append((str(text), float(score)))
             return lines
