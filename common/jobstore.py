@@ -282,8 +282,6 @@ class Routed:
     # "ok" with a shadow copy: the copy's queue and job id
     shadow_queue: str = ""
     shadow_id: str = ""
-    # "ok" with ``enqueue``: the messages are on their queues already
-    enqueued: bool = False
     # "ok": the record as the script wrote it (what a read right after would give, unless a
     # worker has claimed it meanwhile)
     record: dict[str, str] = field(default_factory=dict)
@@ -366,8 +364,8 @@ class JobStore:
         messages already.
 
         ``enqueue``: the script also pushes the job's message (and its shadow copy's) onto the
-        queue it routed it to, in the same atomic step (``Routed.enqueued``); otherwise the caller
-        sends them (``Routed.queue``, ``Routed.shadow_queue``)."""
+        queue it routed it to, in the same atomic step; otherwise the caller sends them
+        (``Routed.queue``, ``Routed.shadow_queue``)."""
         keys, args, record, message = self._create_call(
             job_id=job_id, fields=fields, default_version=default_version, max_queue_depth=max_queue_depth,
             canary_draw=canary_draw, budget_seconds=budget_seconds, rate_window_seconds=rate_window_seconds,
@@ -430,8 +428,8 @@ class JobStore:
             written = {**record, "model_version": _s(reply[1]), "queue": _s(reply[2])}
             if len(reply) > 3:
                 return Routed("ok", _s(reply[1]), _s(reply[2]), shadow_queue=_s(reply[3]), shadow_id=_s(reply[4]),
-                              enqueued=bool(message), record={**written, "shadow_id": _s(reply[4])})
-            return Routed("ok", _s(reply[1]), _s(reply[2]), enqueued=bool(message), record=written)
+                              record={**written, "shadow_id": _s(reply[4])})
+            return Routed("ok", _s(reply[1]), _s(reply[2]), record=written)
         if outcome == "full":
             return Routed("full", _s(reply[1]), depth=int(_s(reply[2])))
         if outcome == "key_full":

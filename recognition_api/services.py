@@ -172,7 +172,7 @@ def _job_enqueue(
     try:
         try:
             routed = _admit(store=store, job_id=job_id, fields=fields, client=client, budget_seconds=budget_seconds,
-                            enqueue=True, request_id=str(fields["request_id"]))
+                            request_id=str(fields["request_id"]))
         except redis.RedisError as exc:
             logger.warning("enqueue failed: %s: %s", type(exc).__name__, exc)
             if _redis_full(exc):
@@ -231,12 +231,11 @@ def _budget(wait_seconds: float) -> float:
 
 def _admit(
     *, store: JobStore, job_id: str, fields: dict[str, object], client: KeyPolicy, budget_seconds: float,
-    dry_run: bool = False, enqueue: bool = False, request_id: str | None = None,
+    request_id: str,
 ) -> Routed:
-    """Route the job (create it, unless ``dry_run``, and push its message with ``enqueue``), or
-    raise what its refusal answers."""
+    """Create, route and enqueue the job, or raise what its refusal answers."""
     routed = store.create(**_create_kwargs(job_id=job_id, fields=fields, client=client, budget_seconds=budget_seconds,
-                                           dry_run=dry_run, enqueue=enqueue, request_id=request_id))
+                                           dry_run=False, enqueue=True, request_id=request_id))
     _raise_refusal(routed, budget_seconds)
     return routed
 
