@@ -16,6 +16,7 @@ onto white, 16-bit and float samples scaled); here any other mode goes through P
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,9 @@ NULL_DECODE_MAX_SIDE = 256  # what models_registry.build.build_null writes in th
 def upright_rgb(image: Image.Image, max_side: int) -> Image.Image:
     """``common.imaging.decode_rgb`` for opaque 8-bit photos: upright RGB, long side <= max_side."""
     if image.format in ("JPEG", "MPO"):
-        image.draft("RGB", (max_side, max_side))
+        # common.imaging.draft_size: the long side only, in the photo's proportions
+        scale = min(1.0, max_side / max(image.width, image.height, 1))
+        image.draft("RGB", (max(1, math.ceil(image.width * scale)), max(1, math.ceil(image.height * scale))))
     image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode != "RGB":

@@ -15,6 +15,7 @@ accepted and their FIRST frame is used.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -217,7 +218,7 @@ def decode_rgb(
         image.seek(0)
         if image.format in ("JPEG", "MPO"):
             _check_scans(data)
-            image.draft("RGB", (max_side, max_side))
+            image.draft("RGB", draft_size(image.width, image.height, max_side))
         with _reserved(budget, _decoded_bytes(image), budget_wait):
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -231,6 +232,20 @@ def decode_rgb(
         raise ImageDecodeFailed(exc.message) from exc
     except Exception as exc:
         raise ImageDecodeFailed(f"The image could not be decoded: {exc}") from exc
+
+
+def draft_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size to ask a JPEG's draft mode for, when the decode's long side is to be ``max_side``.
+
+    Pillow decodes at the largest DCT scale (1/2, 1/4, 1/8) that keeps *both* asked sides, so
+    asking for ``(max_side, max_side)`` kept the short side at ``max_side`` too: a 640x427 photo
+    for a 256 px decode was decoded whole, where 1/2 scale gives 320x214, four times fewer pixels
+    for the same 256x171 result. Asking for the photo's own proportions keeps the long side only.
+    """
+    scale = max_side / max(width, height, 1)
+    if scale >= 1:
+        return width, height
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

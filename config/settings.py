@@ -308,5 +308,10 @@ LOGGING = {
         # "Connection refused" from DogStatsD where no agent listens: once, then once per 10 min.
         "datadog.dogstatsd": {"filters": ["throttle"]},
         "django.request": {"filters": ["quiet_readiness"]},
+        # Celery's "Task ... received" and "... succeeded in" lines repeat the worker's own "job
+        # processed" line (job id, outcome; the timings are in the job record) at a third of the
+        # worker's logging CPU per job; warnings and errors still come through.
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
     },
 }

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from common import errors
-from common.imaging import decode_rgb, inspect_image
+from common.imaging import decode_rgb, draft_size, inspect_image
 from tests.conftest import encode, jpeg_bytes, solid
 
 LIMITS = {"max_bytes": 10 * 1024 * 1024, "max_pixels": 50_000_000, "min_side": 32}
@@ -142,6 +142,18 @@ def test_it_decodes_large_jpegs_at_reduced_size(coffee: Image.Image) -> None:
     rgb = decode_rgb(jpeg_bytes(big), max_side=500)
     assert max(rgb.shape[:2]) <= 500
     assert rgb.dtype == np.uint8
+
+
+def test_a_wide_jpeg_is_decoded_at_the_scale_its_long_side_needs(coffee: Image.Image) -> None:
+    # 640x427 to a long side of 256: half scale (320x214) suffices; asking draft mode for
+    # (256, 256) would have kept the short side at 256 too and decoded all 640x427 pixels.
+    wide = coffee.resize((640, 427))
+    assert draft_size(640, 427, 256) == (256, 171)
+    image = Image.open(io.BytesIO(jpeg_bytes(wide)))
+    image.draft("RGB", draft_size(*image.size, 256))
+    assert image.size == (320, 214)
+    assert decode_rgb(jpeg_bytes(wide), max_side=256).shape == (171, 256, 3)
+    assert draft_size(200, 100, 256) == (200, 100)  # no larger than the photo
 
 
 def test_it_reports_undecodable_data_as_a_job_failure() -> None:
