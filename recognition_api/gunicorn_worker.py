@@ -118,6 +118,11 @@ class JsonAccessLogger(glogging.Logger):
     # unless API_ACCESS_LOG_PROBES=1: a line per probe buries the requests that matter.
     PROBES = frozenset({"/healthz", "/readyz"})
 
+    def _compute_access_log_enabled(self) -> bool:
+        # Gunicorn counts a logging config (ours: gunicorn.conf.py's logconfig_dict) as turning the
+        # access log on, so API_ACCESS_LOG=0 (accesslog None) still logged, and built, every line.
+        return self.cfg.accesslog is not None
+
     def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]
         if not self.access_log_enabled:
             return

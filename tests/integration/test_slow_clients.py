@@ -106,3 +106,23 @@ def test_the_access_log_stays_json_whatever_the_path(api_stack: Stack) -> None:
     lines = [line for line in api_log.splitlines() if "injected" in line or "uote" in line or "slash" in line]
     assert lines and all(json.loads(line) for line in lines)
     assert not any(line.startswith(("injected", "b")) for line in api_log.splitlines())
+
+
+def test_api_access_log_0_turns_the_access_log_off(tmp_path: Path) -> None:
+    # Gunicorn takes a logging config as turning the access log on, whatever `accesslog` says.
+    from harness import stack_env, start_redis
+
+    redis_process, url = start_redis(tmp_path / "redis")
+    env, key = stack_env(tmp_path, url, model_root=tmp_path / "models", default_version="1", API_ACCESS_LOG="0")
+    stack = Stack(tmp_path, env, key, url)
+    try:
+        api = stack.start_api()
+        for _ in range(3):
+            assert httpx.get(f"{stack.api_url}/v1/recognitions/nothing-here", timeout=10,
+                             headers={"Authorization": f"Bearer {key}"}).status_code == 404
+    finally:
+        stack.stop()
+        redis_process.kill()
+    log = api.output()
+    assert "nothing-here" in log  # Django's own warning: the requests were served and logged
+    assert '"logger": "access"' not in log
