@@ -85,10 +85,17 @@ class FinishListener:
         read: Callable[[], dict[str, str] | None],
         is_done: Callable[[dict[str, str]], bool],
         timeout: float,
+        *,
+        read_first: bool = True,
     ) -> dict[str, str] | None:
         """Read the record until it is done or ``timeout`` has passed; sleep between reads
-        until woken (or for ``recheck_seconds``)."""
+        until woken (or for ``recheck_seconds``). ``read_first=False``: the caller registered
+        ``event`` before the job existed, so a job not yet read cannot have finished unseen:
+        the first read waits for the wake-up (a job is never done the moment it is created, and
+        that read was one Redis round trip per waiting request for nothing)."""
         deadline = time.monotonic() + timeout
+        if not read_first:
+            event.wait(min(timeout, self.recheck_seconds))
         while True:
             event.clear()  # before the read: a wake-up after it is never lost
             record = read()

@@ -154,7 +154,7 @@ def recognition_job_create(
             record = routed.record  # as written: no second round trip to read it back
         elif listener is not None and woken is not None:
             record = listener.wait(woken, lambda: store.get(job_id),
-                                   lambda r: r.get("status") in TERMINAL, wait_seconds)
+                                   lambda r: r.get("status") in TERMINAL, wait_seconds, read_first=False)
         else:
             record = store.wait(job_id, wait_seconds)
     if record is None:  # expired already: only with a TTL shorter than the wait

@@ -122,3 +122,41 @@ def test_a_listener_of_each_process_has_its_own_channel(redis_client: redis.Redi
     a = FinishListener.for_process(redis_client, key_prefix)
     b = FinishListener.for_process(redis_client, key_prefix)
     assert a.channel != b.channel and a.channel.startswith(f"{key_prefix}notify:")
+
+
+def test_a_waiter_registered_before_its_job_existed_reads_the_record_once(
+    store: JobStore, listener: FinishListener
+) -> None:
+    reads: list[float] = []
+
+    def read() -> dict[str, str] | None:
+        reads.append(time.monotonic())
+        return store.get(job_id)
+
+    job_id = store.new_id()
+    with listener.registered(job_id) as event:
+        create_fields = {"image_key": job_id, "notify": listener.channel}
+        store.create(job_id=job_id, fields=create_fields, default_version="1", max_queue_depth=0, canary_draw=0.5)
+        finisher = finish_in(0.2, store, job_id)
+        started = time.monotonic()
+        record = listener.wait(event, read, lambda r: r.get("status") in TERMINAL, 30, read_first=False)
+    finisher.join()
+    assert record is not None and record["status"] == "succeeded"
+    assert len(reads) == 1 and reads[0] - started >= 0.15  # after the wake-up, not before
+
+
+def test_without_the_first_read_a_job_already_finished_or_a_timeout_still_answers_at_once(
+    store: JobStore, listener: FinishListener
+) -> None:
+    job_id = create(store, listener)
+    with listener.registered(job_id) as event:
+        store.succeed(job_id, result={}, timings={})
+        started = time.monotonic()
+        record = listener.wait(event, lambda: store.get(job_id), lambda r: r.get("status") in TERMINAL, 30,
+                               read_first=False)
+        assert record is not None and record["status"] == "succeeded" and time.monotonic() - started < 5
+    other = create(store, listener)
+    with listener.registered(other) as event:
+        record = listener.wait(event, lambda: store.get(other), lambda r: r.get("status") in TERMINAL, 0.3,
+                               read_first=False)
+    assert record is not None and record["status"] == "queued"
