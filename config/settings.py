@@ -174,6 +174,10 @@ WORKER_READY_FILE = env_str("WORKER_READY_FILE", str(VAR_DIR / "worker-ready"))
 BATCH_MAX_SIZE = env_int("BATCH_MAX_SIZE", 16, minimum=1, maximum=1024)
 BATCH_MAX_WAIT_MS = env_float("BATCH_MAX_WAIT_MS", 5.0, minimum=0, maximum=1000)
 WORKER_THREADS = env_int("WORKER_THREADS", 0, minimum=0)  # 0: derived from batch size
+# Decode + prepare (crop, color, OCR) of each photo in this many child processes of the worker, so
+# that the per-photo CPU work uses every core past the GIL while this process holds the model
+# (workers/preparepool.py); 0: on the task threads. About the worker's cores less one (docs/PERFORMANCE.md).
+PREPARE_PROCESSES = env_int("PREPARE_PROCESSES", 0, minimum=0, maximum=256)
 # A batch still in the model after this long is taken as hung: the worker withdraws and exits
 # non-zero (Kubernetes starts a new one; the jobs go elsewhere). Generous: a GPU batch takes ms.
 WORKER_MAX_BATCH_SECONDS = env_float("WORKER_MAX_BATCH_SECONDS", 120.0, minimum=1.0)

@@ -50,6 +50,7 @@ from common.redisconn import RedisTarget
 from common.rollout import rollout_state
 from common.volume import ModelVolume, VolumeError, version_dir
 from workers.batching import Batcher
+from workers.preparepool import PreparePool
 from workers.runtime import ModelRuntime, runtime_for
 from workers.service import WorkerContext
 
@@ -86,6 +87,7 @@ class WorkerConfig:
     decode_budget_bytes: int = 0  # 0: decode_budget_fraction of the memory limit
     decode_budget_fraction: float = 0.25
     decode_wait_seconds: float = 30.0
+    prepare_processes: int = 0  # decode + prepare in this many child processes (0: on the task threads)
 
     @classmethod
     def from_settings(cls, settings: Any) -> WorkerConfig:
@@ -110,6 +112,7 @@ class WorkerConfig:
             decode_budget_bytes=settings.DECODE_BUDGET_BYTES,
             decode_budget_fraction=settings.DECODE_BUDGET_FRACTION,
             decode_wait_seconds=settings.WORKER_DECODE_WAIT_SECONDS,
+            prepare_processes=settings.PREPARE_PROCESSES,
         )
 
 
@@ -178,7 +181,7 @@ class WorkerProcess:
         try:
             runtime.load()
             self._load_seconds = time.perf_counter() - started
-            warm_s = _warm_up(runtime)
+            warm_s = _warm_up(runtime, self.config.batch_max_size)
         except Exception:
             if check is not None:
                 check.raise_if_failed()  # a file that fails the check is the better reason
@@ -196,6 +199,8 @@ class WorkerProcess:
 
         batcher = Batcher(runtime.predict, max_batch=self.config.batch_max_size,
                           max_wait_s=self.config.batch_max_wait_ms / 1000, on_batch=on_batch)
+        # After the check (a volume that fails it is never served), before the first job.
+        pool = PreparePool(runtime, self.config.prepare_processes).start() if self.config.prepare_processes else None
         batcher.start()
         self._context = WorkerContext(worker_id=self.worker_id, runtime=runtime, batcher=batcher,
                                       jobs=self.jobs, images=self.images,
@@ -205,7 +210,8 @@ class WorkerProcess:
                                           budget_bytes(self.config.decode_budget_bytes,
                                                        self.config.decode_budget_fraction),
                                           trim_after_bytes=TRIM_AFTER_DECODE_BYTES),
-                                      decode_wait_seconds=self.config.decode_wait_seconds)
+                                      decode_wait_seconds=self.config.decode_wait_seconds,
+                                      prepare_pool=pool)
         logger.info("model loaded", extra={
             "model_version": volume.version, "load_s": round(self._load_seconds, 3),
             "warm_up_s": round(warm_s, 3), "model_bytes": volume.total_bytes,
@@ -457,6 +463,8 @@ class WorkerProcess:
             logger.warning("could not hand off the queue: %s", exc)
         if self._context is not None:
             self._context.batcher.stop(timeout=30)
+            if self._context.prepare_pool is not None:
+                self._context.prepare_pool.stop()
             self._context.runtime.unload()
             self._context = None
 
@@ -484,11 +492,16 @@ class _VolumeCheck:
             raise VolumeError(f"{self.volume.path} does not match its manifest: " + "; ".join(self.problems[:5]))
 
 
-def _warm_up(runtime: ModelRuntime) -> float:
-    """Run the whole path once on a synthetic photo so the first job is not slow."""
+def _warm_up(runtime: ModelRuntime, max_batch: int = 1) -> float:
+    """Run the whole path once on a synthetic photo so the first job is not slow. A backbone that
+    compiles a program per batch size (JAX's) compiles every size up to ``max_batch`` now, before
+    the worker reports ready, rather than stalling the first batch of each size."""
     started = time.perf_counter()
     rgb = np.random.default_rng(0).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
     runtime.predict([runtime.prepare(rgb)])
+    compile_sizes = getattr(getattr(runtime, "_backbone", None), "compile", None)
+    if callable(compile_sizes) and max_batch > 1:
+        compile_sizes(range(1, max_batch + 1), threads=os.cpu_count() or 1)
     return time.perf_counter() - started
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -21,6 +22,7 @@ from common.membudget import DecodeBudget
 from common.metrics import statsd, version_tags
 from common.queues import queue_for
 from workers.batching import Batcher
+from workers.preparepool import PreparePool, PrepareUnavailable
 from workers.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class WorkerContext:
     # Decoded pixels in flight in this process, and how long a decode may wait for its share.
     decode_budget: DecodeBudget | None = None
     decode_wait_seconds: float = 30.0
+    # Decode + prepare in child processes (PREPARE_PROCESSES > 0); None: on the task thread.
+    prepare_pool: PreparePool | None = None
     _held: set[str] = field(default_factory=set)
     _to_resend: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -152,17 +156,20 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
             except Exception as exc:
                 raise TransientError("image store", exc) from exc
             t0 = time.perf_counter()
-            try:
-                rgb = decode_rgb(data, max_side=context.runtime.decode_max_side, budget=context.decode_budget,
-                                 budget_wait=context.decode_wait_seconds)
-            except DecodeBusy as exc:
-                raise TransientError("memory", exc) from exc
-            t1 = time.perf_counter()
-            try:
-                prepared = context.runtime.prepare(rgb)
-            except Exception as exc:
-                logger.exception("prepare failed", extra={"job_id": job_id})
-                raise InferenceFailed(f"Preparing the image failed: {type(exc).__name__}") from exc
+            if context.prepare_pool is not None:  # decode + prepare in a child process
+                prepared, t1 = _prepare_in_pool(context, data, t0)
+            else:
+                try:
+                    rgb = decode_rgb(data, max_side=context.runtime.decode_max_side, budget=context.decode_budget,
+                                     budget_wait=context.decode_wait_seconds)
+                except DecodeBusy as exc:
+                    raise TransientError("memory", exc) from exc
+                t1 = time.perf_counter()
+                try:
+                    prepared = context.runtime.prepare(rgb)
+                except Exception as exc:
+                    logger.exception("prepare failed", extra={"job_id": job_id})
+                    raise InferenceFailed(f"Preparing the image failed: {type(exc).__name__}") from exc
             t2 = time.perf_counter()
             future = arrival.submit(prepared)
         try:
@@ -198,6 +205,21 @@ def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerC
     if first:
         _after_finish(context, record, status="succeeded", latency_ms=latency_ms, result=outcome.output)
     return "succeeded"
+
+
+def _prepare_in_pool(context: WorkerContext, data: bytes, t0: float) -> tuple[Any, float]:
+    """Decode + prepare in one of the worker's prepare processes (``workers.preparepool``): the
+    same prepared object and the same job failures as on the task thread. Returns it and when
+    the decode would have ended (t0 + the child's decode time)."""
+    assert context.prepare_pool is not None
+    try:
+        prepared, decode_s = context.prepare_pool.prepare(data, budget=context.decode_budget,
+                                                          budget_wait=context.decode_wait_seconds)
+    except DecodeBusy as exc:
+        raise TransientError("memory", exc) from exc
+    except PrepareUnavailable as exc:
+        raise TransientError("prepare process", exc) from exc
+    return prepared, t0 + decode_s
 
 
 def _latency_ms(record: dict[str, str]) -> float | None:

@@ -370,3 +370,28 @@ def test_a_rescue_that_could_not_send_is_tried_again_and_an_unreadable_message_i
     finally:
         redis_client.hdel(UNACKED_KEY, tag, junk)
         redis_client.zrem(UNACKED_INDEX_KEY, tag, junk)
+
+
+def test_the_warm_up_compiles_every_batch_size_of_a_backbone_that_compiles_per_size() -> None:
+    from workers.process import _warm_up
+
+    compiled: list[list[int]] = []
+
+    class Backbone:  # JaxBackbone's compile(sizes, threads)
+        def compile(self, sizes, threads: int = 1) -> float:  # type: ignore[no-untyped-def]
+            compiled.append(list(sizes))
+            return 0.0
+
+    class Runtime:
+        _backbone = Backbone()
+
+        def prepare(self, rgb):  # type: ignore[no-untyped-def]
+            return rgb.mean()
+
+        def predict(self, batch):  # type: ignore[no-untyped-def]
+            return [{} for _ in batch]
+
+    _warm_up(Runtime(), 16)  # type: ignore[arg-type]
+    assert compiled == [list(range(1, 17))]
+    _warm_up(Runtime(), 1)  # type: ignore[arg-type]
+    assert len(compiled) == 1  # batch 1 ran in the warm-up itself

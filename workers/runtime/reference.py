@@ -40,18 +40,22 @@ class ReferenceRuntime:
         self._backbone: Any = None
         self._brands: BrandReader | None = None
 
-    def load(self) -> None:
-        from workers.runtime.tensorflow_backend import KerasBackbone  # the one TF module
-
+    def load(self, *, prepare_only: bool = False) -> None:
+        """``prepare_only``: only what ``prepare`` needs (the OCR models and the brand list), no
+        TensorFlow: for the processes of ``workers.preparepool``, which never ``predict``."""
         labels = self.volume.file("labels")
-        (self.categories, self.class_names, self.class_category,
-         self.category_matrix) = load_taxonomy(labels)
         brands = [
             line.strip()
             for line in (labels / "brands.txt").read_text(encoding="utf-8").splitlines()
             if line.strip() and not line.startswith("#")
         ]
         self._brands = BrandReader(self.volume.file("ocr"), brands)
+        if prepare_only:
+            return
+        from workers.runtime import backbone_class  # KERAS_BACKEND: TensorFlow (default) or JAX
+
+        (self.categories, self.class_names, self.class_category,
+         self.category_matrix) = load_taxonomy(labels)
         self._head = None
         head = self.volume.manifest.get("category_head")
         if head:
@@ -63,7 +67,7 @@ class ReferenceRuntime:
             placement = np.zeros((len(classes), len(self.categories)), dtype=np.float32)
             placement[np.arange(len(classes)), [self.categories.index(c) for c in classes]] = 1.0
             self._head = (weights["weight"], weights["bias"], placement, float(head["blend"]))
-        backbone = KerasBackbone()
+        backbone = backbone_class()()
         backbone.load(self.volume.file("backbone"))
         self._backbone = backbone
 
