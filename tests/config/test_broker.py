@@ -35,3 +35,41 @@ def test_messages_are_recorded_unacknowledged_and_acknowledged_through_it(redis_
         message.ack()
         assert not client.hexists(channel.unacked_key, message.delivery_tag)
         assert client.llen(name) == 0
+
+
+def test_the_ack_of_a_message_whose_finish_ended_its_record_makes_no_round_trip(redis_url: str) -> None:
+    from config.broker import SETTLED
+
+    name = f"test-broker-{uuid.uuid4().hex}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    with Connection(redis_url, transport=Transport) as connection:
+        channel = connection.default_channel
+        producer = connection.Producer(channel)
+        for n in (1, 2):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key=name, declare=[queue], serializer="json")
+        settled, plain = queue(channel).get(no_ack=False), queue(channel).get(no_ack=False)
+        assert settled is not None and plain is not None
+        client = channel._create_client()
+        client.hdel(channel.unacked_key, settled.delivery_tag)  # what the job's finish script does
+        client.zrem(channel.unacked_index_key, settled.delivery_tag)
+        SETTLED.add(settled.delivery_tag)
+        calls: list[str] = []
+        remove = channel.qos._remove_from_indices
+        channel.qos._remove_from_indices = lambda tag, pipe=None: calls.append(tag) or remove(tag, pipe)
+        settled.ack()
+        plain.ack()
+        assert calls == [plain.delivery_tag]  # only the message whose record was still there
+        channel.qos._flush()  # kombu's bookkeeping: both messages are done with in the process
+        assert settled.delivery_tag not in channel.qos._delivered and plain.delivery_tag not in channel.qos._delivered
+        assert not client.hexists(channel.unacked_key, plain.delivery_tag)
+
+
+def test_settled_tags_are_bounded_and_taken_once() -> None:
+    from config.broker import SettledTags
+
+    tags = SettledTags(size=2)
+    for tag in ("a", "b", "c"):
+        tags.add(tag)
+    assert not tags.take("a")  # dropped with the oldest: its ack makes its round trip
+    assert tags.take("b") and tags.take("c")
+    assert not tags.take("c")

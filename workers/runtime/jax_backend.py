@@ -45,6 +45,7 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from workers.runtime.keras_graph import drop_from_uninitialized, model_without_weights  # noqa: E402
 from workers.runtime.weights import (  # noqa: E402
     CATALOG_TOP_K,
     INPUT_SIZE,
@@ -82,23 +83,6 @@ def _adopt_into(variable: Any, array: np.ndarray) -> None:
     variable._initializer = None
 
 
-def _drop_from_uninitialized(variables: list[Any]) -> None:
-    """Forget deferred variables that were initialised by hand (Keras keeps a per-thread list)."""
-    from keras.src.backend.common import global_state
-
-    ours = {id(v) for v in variables}
-    pending = global_state.get_global_attribute("uninitialized_variables") or []
-    global_state.set_global_attribute(
-        "uninitialized_variables", [v for v in pending if id(v) not in ours]
-    )
-
-
-def _model_without_weights(config_json: str) -> keras.Model:
-    """The model of ``config_json`` with every variable created but not initialised."""
-    with keras.StatelessScope(initialize_variables=False):
-        return keras.models.model_from_json(config_json)
-
-
 class JaxBackbone:
     """A saved backbone loaded for inference on JAX's default device (a GPU where there is one).
 
@@ -133,11 +117,11 @@ class JaxBackbone:
         started = time.perf_counter()
         with WeightsFile(Path(directory), self.weights_mode) as weights:
             directory = weights.directory
-            model = _model_without_weights(weights.model_json())
+            model = model_without_weights(weights.model_json())
             try:
                 total = weights.adopt(weights_by_path(model), _adopt_into)
             finally:
-                _drop_from_uninitialized(model.weights)
+                drop_from_uninitialized(model.weights)
         outputs = tuple(sorted(model.output.keys())) if isinstance(model.output, dict) else ()
         if not {"probs", "embedding"} <= set(outputs):
             raise ValueError(f"{directory / MODEL_JSON}: outputs {outputs}, need probs and embedding")

@@ -59,6 +59,7 @@ import tensorflow as tf  # noqa: E402
 from safetensors.numpy import save_file as _save_safetensors  # noqa: E402
 
 from workers.runtime import weights as _weights  # noqa: E402
+from workers.runtime.keras_graph import drop_from_uninitialized, model_without_weights  # noqa: E402
 from workers.runtime.weights import (  # noqa: E402
     CATALOG_TOP_K,
     INPUT_SIZE,
@@ -286,23 +287,6 @@ def _adopt_into(variable, array: np.ndarray) -> None:  # type: ignore[no-untyped
     variable._initializer = None
 
 
-def _drop_from_uninitialized(variables) -> None:  # type: ignore[no-untyped-def]
-    """Forget deferred variables that were initialised by hand (Keras keeps a per-thread list)."""
-    from keras.src.backend.common import global_state
-
-    ours = {id(v) for v in variables}
-    pending = global_state.get_global_attribute("uninitialized_variables") or []
-    global_state.set_global_attribute(
-        "uninitialized_variables", [v for v in pending if id(v) not in ours]
-    )
-
-
-def _model_without_weights(config_json: str) -> keras.Model:
-    """The model of ``config_json`` with every variable created but not initialised."""
-    with keras.StatelessScope(initialize_variables=False):
-        return keras.models.model_from_json(config_json)
-
-
 def model_spec(model: keras.Model) -> list[tuple[str, tuple[int, ...], str]]:
     """(path, shape, dtype) of every variable, in ``model.weights`` order."""
     return [(path, tuple(int(d) for d in v.shape), str(v.dtype))
@@ -342,7 +326,7 @@ def build_catalog_model(catalog_items: int, shard_items: int, *, allocate: bool 
         return build()
     with keras.StatelessScope(initialize_variables=False):
         model = build()
-    _drop_from_uninitialized(model.weights)
+    drop_from_uninitialized(model.weights)
     return model
 
 
@@ -381,11 +365,11 @@ class KerasBackbone:
         # tensor data is read.
         with WeightsFile(Path(directory), self.weights_mode) as weights:
             directory = weights.directory
-            model = _model_without_weights(weights.model_json())
+            model = model_without_weights(weights.model_json())
             try:
                 total = weights.adopt(_weights_by_path(model), _adopt_into)
             finally:
-                _drop_from_uninitialized(model.weights)
+                drop_from_uninitialized(model.weights)
         outputs = tuple(sorted(model.output.keys())) if isinstance(model.output, dict) else ()
         if not {"probs", "embedding"} <= set(outputs):
             raise ValueError(
