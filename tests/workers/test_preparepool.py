@@ -30,6 +30,7 @@ from common.jobstore import JobStore
 from common.membudget import DecodeBudget
 from common.volume import ModelVolume
 from models_registry.build import build_null
+from tests.workers.test_service import queue_job
 from workers.batching import Batcher
 from workers.preparepool import (
     PreparePool,
@@ -375,14 +376,6 @@ def pooled_context(
                         LocalImageStore(tmp_path / "images"), max_deliveries=2, prepare_pool=pool)
     pool.stop()
     batcher.stop(5)
-
-
-def queue_job(context: WorkerContext, data: bytes) -> str:
-    job_id = context.jobs.new_id()
-    context.images.put(job_id, data, "image/png")
-    context.jobs.create(job_id=job_id, fields={"image_key": job_id}, default_version="n1",
-                        max_queue_depth=0, canary_draw=0.5)
-    return job_id
 
 
 def test_jobs_through_a_worker_context_with_a_pool(pooled_context: WorkerContext) -> None:

@@ -45,15 +45,12 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from workers.runtime.keras_graph import drop_from_uninitialized, model_without_weights  # noqa: E402
+from workers.runtime.keras_graph import Backbone, load_saved  # noqa: E402
 from workers.runtime.weights import (  # noqa: E402
     CATALOG_TOP_K,
     INPUT_SIZE,
-    MODEL_JSON,
     WEIGHTS_MODES,
-    WeightsFile,
     check_batch,
-    weights_by_path,
 )
 
 if keras.backend.backend() != "jax":
@@ -83,7 +80,7 @@ def _adopt_into(variable: Any, array: np.ndarray) -> None:
     variable._initializer = None
 
 
-class JaxBackbone:
+class JaxBackbone(Backbone):
     """A saved backbone loaded for inference on JAX's default device (a GPU where there is one).
 
     The caller serializes calls (the worker's one inference thread); a lock still guards
@@ -115,17 +112,7 @@ class JaxBackbone:
 
     def load(self, directory: Path) -> None:
         started = time.perf_counter()
-        with WeightsFile(Path(directory), self.weights_mode) as weights:
-            directory = weights.directory
-            model = model_without_weights(weights.model_json())
-            try:
-                total = weights.adopt(weights_by_path(model), _adopt_into)
-            finally:
-                drop_from_uninitialized(model.weights)
-        outputs = tuple(sorted(model.output.keys())) if isinstance(model.output, dict) else ()
-        if not {"probs", "embedding"} <= set(outputs):
-            raise ValueError(f"{directory / MODEL_JSON}: outputs {outputs}, need probs and embedding")
-        has_catalog = "catalog_scores" in outputs
+        model, total, has_catalog = load_saved(directory, self.weights_mode, _adopt_into)
         params = (
             [v.value for v in model.trainable_variables],
             [v.value for v in model.non_trainable_variables],
@@ -185,13 +172,6 @@ class JaxBackbone:
             # On the lock's thread: the device work ends here, not in the caller's reads.
             result = {name: np.asarray(value)[:count] for name, value in outputs.items()}
         return result
-
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (N, 224, 224, 3) RGB -> (probs float32 (N, 1000), embedding float32 (N, 1280))."""
-        outputs = self.predict_outputs(batch)
-        return outputs["probs"].astype(np.float32, copy=False), outputs["embedding"].astype(
-            np.float32, copy=False
-        )
 
     def unload(self) -> None:
         with self._lock:

@@ -4,9 +4,14 @@ caller's module has imported Keras on its own backend first: ``tensorflow_backen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+
+from workers.runtime.weights import MODEL_JSON, WeightsFile, weights_by_path
 
 
 def model_without_weights(config_json: str) -> keras.Model:
@@ -24,3 +29,36 @@ def drop_from_uninitialized(variables: list[Any]) -> None:
     global_state.set_global_attribute(
         "uninitialized_variables", [v for v in pending if id(v) not in ours]
     )
+
+
+def load_saved(
+    directory: Path, weights_mode: str, adopt_into: Callable[[Any, Any], None],
+) -> tuple[keras.Model, int, bool]:
+    """The saved backbone of ``directory`` with every variable holding the volume's bytes, given to
+    it by ``adopt_into(variable, array)`` (the backend's way); the tensor bytes read; whether it
+    has the catalog head. The read-ahead starts before the graph is built, and everything is
+    checked before a byte of tensor data is read."""
+    with WeightsFile(Path(directory), weights_mode) as weights:
+        directory = weights.directory
+        model = model_without_weights(weights.model_json())
+        try:
+            total = weights.adopt(weights_by_path(model), adopt_into)
+        finally:
+            drop_from_uninitialized(model.weights)
+    outputs = tuple(sorted(model.output.keys())) if isinstance(model.output, dict) else ()
+    if not {"probs", "embedding"} <= set(outputs):
+        raise ValueError(f"{directory / MODEL_JSON}: outputs {outputs}, need probs and embedding")
+    return model, total, "catalog_scores" in outputs
+
+
+class Backbone:
+    """What both backbones share: ``predict`` from their ``predict_outputs``."""
+
+    def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, 224, 224, 3) RGB -> (probs float32 (N, 1000), embedding float32 (N, 1280))."""
+        outputs = self.predict_outputs(batch)
+        return (outputs["probs"].astype(np.float32, copy=False),
+                outputs["embedding"].astype(np.float32, copy=False))

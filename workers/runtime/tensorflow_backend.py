@@ -59,14 +59,13 @@ import tensorflow as tf  # noqa: E402
 from safetensors.numpy import save_file as _save_safetensors  # noqa: E402
 
 from workers.runtime import weights as _weights  # noqa: E402
-from workers.runtime.keras_graph import drop_from_uninitialized, model_without_weights  # noqa: E402
+from workers.runtime.keras_graph import Backbone, drop_from_uninitialized, load_saved  # noqa: E402
 from workers.runtime.weights import (  # noqa: E402
     CATALOG_TOP_K,
     INPUT_SIZE,
     MODEL_JSON,
     WEIGHTS_FILE,
     WEIGHTS_MODES,
-    WeightsFile,
     read_safetensors_header,
 )
 
@@ -334,7 +333,7 @@ def weights_as_numpy(model: keras.Model) -> dict[str, np.ndarray]:
     return {path: np.ascontiguousarray(v.numpy()) for path, v in _weights_by_path(model).items()}
 
 
-class KerasBackbone:
+class KerasBackbone(Backbone):
     """A saved backbone (``save_backbone``'s directory) loaded for inference.
 
     ``predict`` runs one ``tf.function``, traced once for any batch size. The caller serializes
@@ -361,21 +360,7 @@ class KerasBackbone:
 
     def load(self, directory: Path) -> None:
         started = time.perf_counter()
-        # The read-ahead starts before the graph is built; everything is checked before a byte of
-        # tensor data is read.
-        with WeightsFile(Path(directory), self.weights_mode) as weights:
-            directory = weights.directory
-            model = model_without_weights(weights.model_json())
-            try:
-                total = weights.adopt(_weights_by_path(model), _adopt_into)
-            finally:
-                drop_from_uninitialized(model.weights)
-        outputs = tuple(sorted(model.output.keys())) if isinstance(model.output, dict) else ()
-        if not {"probs", "embedding"} <= set(outputs):
-            raise ValueError(
-                f"{directory / MODEL_JSON}: outputs {outputs}, need probs and embedding"
-            )
-        has_catalog = "catalog_scores" in outputs
+        model, total, has_catalog = load_saved(directory, self.weights_mode, _adopt_into)
 
         @tf.function(
             input_signature=[
@@ -409,13 +394,6 @@ class KerasBackbone:
                 raise RuntimeError("backbone is not loaded")
             outputs = self._serve(tf.convert_to_tensor(batch))
         return {name: value.numpy() for name, value in outputs.items()}
-
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (N, 224, 224, 3) RGB -> (probs float32 (N, 1000), embedding float32 (N, 1280))."""
-        outputs = self.predict_outputs(batch)
-        return outputs["probs"].astype(np.float32, copy=False), outputs["embedding"].astype(
-            np.float32, copy=False
-        )
 
     def unload(self) -> None:
         with self._lock:
