@@ -28,9 +28,8 @@ compiles at most a dozen programs, each once, the first time a batch of that siz
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ from workers.runtime.keras_graph import Backbone, load_saved  # noqa: E402
 from workers.runtime.weights import (  # noqa: E402
     CATALOG_TOP_K,
     INPUT_SIZE,
-    WEIGHTS_MODES,
     check_batch,
 )
 
@@ -88,23 +86,9 @@ class JaxBackbone(Backbone):
     took (the weights on the device included) and ``weights_bytes`` how many tensor bytes it read.
     """
 
-    input_size = INPUT_SIZE
-
     def __init__(self, weights: str = "map") -> None:
-        if weights not in WEIGHTS_MODES:
-            raise ValueError(f"weights must be 'map' or 'read', not {weights!r}")
-        self.weights_mode = weights
-        self._lock = threading.Lock()
-        self._model: keras.Model | None = None
+        super().__init__(weights)
         self._params: tuple[list[Any], list[Any]] | None = None
-        self._serve: Callable[..., dict[str, Any]] | None = None
-        self.output_names: tuple[str, ...] = ()
-        self.load_seconds: float | None = None
-        self.weights_bytes = 0
-
-    @property
-    def loaded(self) -> bool:
-        return self._serve is not None
 
     @property
     def device(self) -> str:

@@ -4,6 +4,7 @@ caller's module has imported Keras on its own backend first: ``tensorflow_backen
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from workers.runtime.weights import MODEL_JSON, WeightsFile, weights_by_path
+from workers.runtime.weights import INPUT_SIZE, MODEL_JSON, WEIGHTS_MODES, WeightsFile, weights_by_path
 
 
 def model_without_weights(config_json: str) -> keras.Model:
@@ -52,7 +53,25 @@ def load_saved(
 
 
 class Backbone:
-    """What both backbones share: ``predict`` from their ``predict_outputs``."""
+    """What both backbones share: their state before a load, ``loaded``, and ``predict`` from their
+    ``predict_outputs``."""
+
+    input_size = INPUT_SIZE
+
+    def __init__(self, weights: str = "map") -> None:
+        if weights not in WEIGHTS_MODES:
+            raise ValueError(f"weights must be 'map' or 'read', not {weights!r}")
+        self.weights_mode = weights
+        self._lock = threading.Lock()
+        self._model: keras.Model | None = None
+        self._serve: Any = None
+        self.output_names: tuple[str, ...] = ()
+        self.load_seconds: float | None = None
+        self.weights_bytes = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._serve is not None
 
     def predict_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -65,7 +64,6 @@ from workers.runtime.weights import (  # noqa: E402
     INPUT_SIZE,
     MODEL_JSON,
     WEIGHTS_FILE,
-    WEIGHTS_MODES,
     read_safetensors_header,
 )
 
@@ -340,23 +338,6 @@ class KerasBackbone(Backbone):
     calls; a lock still guards load/unload/predict against overlapping use. After ``load``,
     ``load_seconds`` is how long it took and ``weights_bytes`` how many tensor bytes it read.
     """
-
-    input_size = INPUT_SIZE
-
-    def __init__(self, weights: str = "map") -> None:
-        if weights not in WEIGHTS_MODES:
-            raise ValueError(f"weights must be 'map' or 'read', not {weights!r}")
-        self.weights_mode = weights
-        self._lock = threading.Lock()
-        self._model: keras.Model | None = None
-        self._serve = None
-        self.output_names: tuple[str, ...] = ()
-        self.load_seconds: float | None = None
-        self.weights_bytes = 0
-
-    @property
-    def loaded(self) -> bool:
-        return self._serve is not None
 
     def load(self, directory: Path) -> None:
         started = time.perf_counter()
