@@ -98,8 +98,8 @@ def _run(args: argparse.Namespace, tmp: Path, url: str, py_spy: str | None) -> i
         argv = [sys.executable, "-m", "bench.cprofiled_celery", str(tmp / "worker.prof"), "--quiet", "-A",
                 "workers.worker", "worker", "--pool", "solo", "--hostname", "profiled@%h", "--without-gossip",
                 "--without-mingle", "--without-heartbeat", "--loglevel", env.get("LOG_LEVEL", "INFO")]
-    worker = spawn("worker", argv, {**env, "WORKER_MODEL_VERSION": "1",
-                                                          "WORKER_READY_FILE": str(tmp / "ready")}, tmp / "logs")
+    worker_env = {**env, "WORKER_MODEL_VERSION": "1", "WORKER_READY_FILE": str(tmp / "ready")}
+    worker = spawn("worker", argv, worker_env, tmp / "logs")
     stack.processes.append(worker)
     try:
         stack.wait_worker_ready(worker, "1", timeout=120)
