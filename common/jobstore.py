@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from common.queues import QUEUE_PREFIX, UNACKED_INDEX_KEY, UNACKED_KEY, recognition_message
+from common.queues import QUEUE_PREFIX, recognition_message
 from common.rollout import rollout_key
 
 QUEUED = "queued"
@@ -221,13 +221,6 @@ return 1
 # The first terminal write wins. A finish takes the job out of its version's backlog, and a
 # success counts towards the completion rate of the version that computed it (admission, above).
 _FINISH = """
--- ARGV[6]: the delivery tag of the message being computed (or ''): kombu's record of it as
--- unacknowledged (KEYS[3], KEYS[4]) ends with the job, whatever the job's state, and the
--- worker's acknowledgement then needs no round trip of its own (config/broker.py).
-if ARGV[6] ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[6])
-  redis.call('HDEL', KEYS[4], ARGV[6])
-end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('ZREM', KEYS[2], ARGV[4])
@@ -235,13 +228,13 @@ if not status then
 end
 if status == 'succeeded' or status == 'failed' then return 0 end
 local fields = redis.call('HMGET', KEYS[1], 'notify', 'model_version', 'client', 'shadow_of')
--- ARGV[7]: how many live-figure counters follow (common.livestats), then their hash; then the fields.
-local counters = tonumber(ARGV[7])
-redis.call('HSET', KEYS[1], unpack(ARGV, 9 + counters))
+-- ARGV[6]: how many live-figure counters follow (common.livestats), then their hash; then the fields.
+local counters = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8 + counters))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if counters > 0 then
-  local stats = ARGV[8 + counters]
-  for i = 8, 7 + counters do redis.call('HINCRBY', stats, ARGV[i], 1) end
+  local stats = ARGV[7 + counters]
+  for i = 7, 6 + counters do redis.call('HINCRBY', stats, ARGV[i], 1) end
   redis.call('EXPIRE', stats, 691200)
 end
 redis.call('ZREM', KEYS[2], ARGV[4])
@@ -555,37 +548,30 @@ class JobStore:
 
     def finish_many(
         self, finishes: list[tuple[str, dict[str, Any]]], counters: list[Counters | None] | None = None,
-        delivery_tags: list[str | None] | None = None,
     ) -> list[bool]:
         """Write terminal states for many jobs in one round trip; first write wins. ``counters``
         (one per finish, or None): a hash and the fields in it to add one to, only when this is
-        the job's first terminal write (its version's live figures, ``common.livestats``).
-        ``delivery_tags`` (one per finish, or None): the message each job is computed from, whose
-        unacknowledged record in kombu's Redis transport the same atomic step removes."""
+        the job's first terminal write (its version's live figures, ``common.livestats``)."""
         pipe = self.client.pipeline(transaction=False)
-        count_of = counters or [None] * len(finishes)
-        tag_of = delivery_tags or [None] * len(finishes)
-        for (job_id, fields), count, tag in zip(finishes, count_of, tag_of, strict=True):
+        for (job_id, fields), count in zip(finishes, counters or [None] * len(finishes), strict=True):
             status = fields["status"]
             flat: list[str] = []
             for key, value in fields.items():
                 flat += [key, _to_str(value)]
             counted = [str(len(count[1])), *count[1], count[0]] if count and count[1] else ["0", ""]
             self._finish(
-                keys=[self.job_key(job_id), self.pending_key, UNACKED_INDEX_KEY, UNACKED_KEY],
-                args=[str(self.ttl_seconds), self.done_channel(job_id), status, job_id, self.prefix, tag or "",
-                      *counted, *flat],
+                keys=[self.job_key(job_id), self.pending_key],
+                args=[str(self.ttl_seconds), self.done_channel(job_id), status, job_id, self.prefix, *counted,
+                      *flat],
                 client=pipe,
             )
         return [bool(x) for x in pipe.execute()]
 
-    def succeed(self, job_id: str, *, counters: Counters | None = None, delivery_tag: str | None = None,
-                **fields: Any) -> bool:
-        return self.finish_many([(job_id, succeeded_fields(**fields))], [counters], [delivery_tag])[0]
+    def succeed(self, job_id: str, *, counters: Counters | None = None, **fields: Any) -> bool:
+        return self.finish_many([(job_id, succeeded_fields(**fields))], [counters])[0]
 
-    def fail(self, job_id: str, code: str, message: str, *, counters: Counters | None = None,
-             delivery_tag: str | None = None, **fields: Any) -> bool:
-        return self.finish_many([(job_id, failed_fields(code, message, **fields))], [counters], [delivery_tag])[0]
+    def fail(self, job_id: str, code: str, message: str, *, counters: Counters | None = None, **fields: Any) -> bool:
+        return self.finish_many([(job_id, failed_fields(code, message, **fields))], [counters])[0]
 
 
 def succeeded_fields(*, result: dict, timings: dict, **extra: Any) -> dict[str, Any]:

@@ -83,9 +83,7 @@ def recognition_message(*, job_id: str, request_id: str | None, queue: str = QUE
         "properties": {
             "correlation_id": task_id, "reply_to": _REPLY_TO, "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-            # The task id, where kombu would draw a new uuid: the worker knows it (its task's
-            # request id), so the finish script can end the message's unacknowledged record.
-            "body_encoding": "base64", "delivery_tag": task_id,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
         },
     })
 

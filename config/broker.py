@@ -21,59 +21,18 @@ The same holds for kombu's Sentinel transport (``SentinelTransport``, chosen by
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from celery.app.amqp import AMQP as CeleryAMQP
 from kombu import Connection as KombuConnection
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual as kombu_virtual
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from common.env import env_float
 
 
-class SettledTags:
-    """Delivery tags whose unacknowledged record the job's finish script has removed already
-    (``common.jobstore``: in the same atomic step as the job's result). Their acknowledgement
-    then only does kombu's bookkeeping in the process, without a Redis round trip of its own.
-
-    Bounded: a tag is marked by the task and taken by the ack of the same message; one that no
-    ack takes (a job sent again by the reaper arrives under a tag of kombu's, not its task id) is
-    dropped with the oldest, and an ack of a dropped tag just makes its round trip."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._tags: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, tag: str) -> None:
-        with self._lock:
-            self._tags[tag] = None
-            while len(self._tags) > self._size:
-                self._tags.popitem(last=False)
-
-    def take(self, tag: str) -> bool:
-        with self._lock:
-            return self._tags.pop(tag, 0) is None
-
-
-SETTLED = SettledTags()
-
-
-class QoS(kombu_redis.QoS):
-    def ack(self, delivery_tag: str) -> None:
-        if SETTLED.take(delivery_tag):
-            kombu_virtual.QoS.ack(self, delivery_tag)  # Redis holds nothing of it any more
-        else:
-            super().ack(delivery_tag)
-
-
 class _SurvivingChannel(kombu_redis.Channel):
-    QoS = QoS
-
     # kombu builds a new redis.Redis client for every Redis call outside its event loop: twice per
     # message (recording it as unacknowledged, and the acknowledgement), each costing more CPU
     # than the call's round trip (redis-py's constructor). One client per connection pool serves

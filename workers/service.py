@@ -95,11 +95,8 @@ class TransientError(Exception):
         self.component = component
 
 
-def recognition_job_process(*, job_id: str, context: WorkerContext, delivery_tag: str | None = None) -> str:
+def recognition_job_process(*, job_id: str, context: WorkerContext) -> str:
     """Claim, compute and record one job. Returns the job's outcome for logging.
-
-    ``delivery_tag``: the message's, when known; the job's terminal write then also ends the
-    message's unacknowledged record in the broker (``JobStore.finish_many``).
 
     Failures of the job itself end it ``failed`` with a code; failures of the
     infrastructure raise TransientError so that the message is delivered again.
@@ -114,16 +111,15 @@ def recognition_job_process(*, job_id: str, context: WorkerContext, delivery_tag
         # another worker is computing under a live lease: nothing to do.
         return claim.outcome
     if claim.outcome == "exhausted":
-        _record_failure(context, job_id, _delivery_limit(claim.deliveries), delivery_tag=delivery_tag)
+        _record_failure(context, job_id, _delivery_limit(claim.deliveries))
         return "failed"
     if _past_deadline(claim.record):
         # A result nobody waits for is not worth the model's time; the next job is.
-        _record_failure(context, job_id, DeadlineExceeded(), claim.record, delivery_tag=delivery_tag)
+        _record_failure(context, job_id, DeadlineExceeded(), claim.record)
         return "failed"
     with context.holding(job_id):
         try:
-            return _compute_and_record(job_id=job_id, record=claim.record, context=context,
-                                       delivery_tag=delivery_tag)
+            return _compute_and_record(job_id=job_id, record=claim.record, context=context)
         except TransientError as exc:
             _give_back(context, job_id, exc)
             raise
@@ -143,9 +139,7 @@ def _give_back(context: WorkerContext, job_id: str, error: TransientError) -> No
         context.jobs.release(job_id, worker=context.worker_id, reason=str(error))
 
 
-def _compute_and_record(
-    *, job_id: str, record: dict[str, str], context: WorkerContext, delivery_tag: str | None = None,
-) -> str:
+def _compute_and_record(*, job_id: str, record: dict[str, str], context: WorkerContext) -> str:
     timings: dict[str, float] = {}
     started_at = float(record["started_at"])
     timings["queue_wait"] = round((started_at - float(record["created_at"])) * 1000, 2)
@@ -184,7 +178,7 @@ def _compute_and_record(
             logger.exception("inference failed", extra={"job_id": job_id})
             raise InferenceFailed(f"The model failed on this image: {type(exc).__name__}") from exc
     except JobFailure as failure:
-        _record_failure(context, job_id, failure, record, delivery_tag=delivery_tag)
+        _record_failure(context, job_id, failure, record)
         return "failed"
     timings.update(
         decode=round((t1 - t0) * 1000, 2),
@@ -200,7 +194,6 @@ def _compute_and_record(
             counters=livestats.finish_counters(
                 prefix=context.jobs.prefix, version=context.model_version, status="succeeded",
                 shadow=bool(record.get("shadow_of")), latency_ms=latency_ms, result=outcome.output),
-            delivery_tag=delivery_tag,
             result=outcome.output,
             timings=timings,
             model_name=context.model_name,
@@ -302,8 +295,7 @@ def _delivery_limit(deliveries: int) -> JobFailure:
 
 
 def _record_failure(
-    context: WorkerContext, job_id: str, failure: JobFailure, record: dict[str, str] | None = None, *,
-    delivery_tag: str | None = None,
+    context: WorkerContext, job_id: str, failure: JobFailure, record: dict[str, str] | None = None,
 ) -> None:
     logger.warning("job failed", extra={"job_id": job_id, "code": failure.code})
     statsd().increment("job.completed", tags=[
@@ -318,7 +310,6 @@ def _record_failure(
             counters=livestats.finish_counters(
                 prefix=context.jobs.prefix, version=context.model_version, status="failed",
                 shadow=bool(record.get("shadow_of")), error_code=failure.code),
-            delivery_tag=delivery_tag,
             model_name=context.model_name,
             model_version=context.model_version,
         )

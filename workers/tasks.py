@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from celery import Task
 from celery.exceptions import Reject
 
 from common.logs import request_id_var
 from common.queues import TASK_NAME
-from config.broker import SETTLED
 from config.celery_app import app
 from workers import process
 from workers.service import TransientError, recognition_job_process
@@ -18,18 +16,12 @@ from workers.service import TransientError, recognition_job_process
 logger = logging.getLogger(__name__)
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def recognize(self: Task, job_id: str, request_id: str | None = None) -> str:
+@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def recognize(job_id: str, request_id: str | None = None) -> str:
     token = request_id_var.set(request_id)
     try:
         context = process.current().context
-        # The API's messages carry their task id as their delivery tag (common.queues): the job's
-        # terminal write ends the message's unacknowledged record too, and the ack that follows
-        # needs no round trip. A message sent by kombu (the reaper's) has another tag: no harm.
-        tag = self.request.id
-        outcome = recognition_job_process(job_id=job_id, context=context, delivery_tag=tag)
-        if outcome in ("succeeded", "failed") and tag:
-            SETTLED.add(tag)
+        outcome = recognition_job_process(job_id=job_id, context=context)
         logger.info("job processed", extra={"job_id": job_id, "outcome": outcome})
         return outcome
     except TransientError as exc:

@@ -244,24 +244,3 @@ def test_a_full_redis_refuses_the_whole_creation_and_it_leaves_nothing(tmp_path:
         assert 0 < created == client.llen("recognize.1") == len(client.keys("full:job:*"))
     finally:
         process.kill()
-
-
-def test_a_finish_ends_its_message_s_unacknowledged_record_in_the_same_step(store: JobStore) -> None:
-    from common.queues import UNACKED_INDEX_KEY, UNACKED_KEY
-
-    job_id, _ = create(store)
-    tags = {name: f"test-tag-{store.new_id()}" for name in ("mine", "again", "other")}
-    for tag in tags.values():  # as kombu records a message a worker took
-        store.client.zadd(UNACKED_INDEX_KEY, {tag: time.time()})
-        store.client.hset(UNACKED_KEY, tag, "[]")
-    try:
-        assert store.succeed(job_id, result={}, timings={}, delivery_tag=tags["mine"])
-        # A second delivery of the finished job: the first write won, and its message's record goes too.
-        assert not store.fail(job_id, "late", "late", delivery_tag=tags["again"])
-        assert store.succeed(create(store)[0], result={}, timings={})  # no tag: nothing else is touched
-        for name, tag in tags.items():
-            held = (store.client.hexists(UNACKED_KEY, tag), store.client.zscore(UNACKED_INDEX_KEY, tag) is not None)
-            assert held == ((True, True) if name == "other" else (False, False)), name
-    finally:
-        store.client.hdel(UNACKED_KEY, *tags.values())
-        store.client.zrem(UNACKED_INDEX_KEY, *tags.values())

@@ -107,25 +107,6 @@ def test_a_waiting_request_is_woken_through_its_api_process_s_own_subscription(
         client.close()
 
 
-def test_a_result_and_the_end_of_its_message_s_unacknowledged_record_are_one_write(
-    stack: Stack, coffee: Image.Image
-) -> None:
-    # The finish script ends kombu's record of the message in the step that writes the result, so
-    # by the time a client sees the result nothing of its message is left unacknowledged (before,
-    # the worker's ack came after, in a round trip of its own). Every earlier job here was waited for.
-    import redis
-
-    from common.queues import UNACKED_INDEX_KEY, UNACKED_KEY
-
-    response = recognize(stack, jpeg_bytes(coffee))
-    assert response.status_code == 200 and response.json()["status"] == "succeeded"
-    client = redis.Redis.from_url(stack.redis_url)
-    try:
-        assert client.hlen(UNACKED_KEY) == 0 and client.zcard(UNACKED_INDEX_KEY) == 0
-    finally:
-        client.close()
-
-
 def test_health_readiness_and_the_openapi_document(stack: Stack) -> None:
     from openapi_spec_validator import validate
 
