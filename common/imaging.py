@@ -200,8 +200,31 @@ def _too_many_pixels(max_pixels: int, width: int = 0, height: int = 0) -> ImageT
     )
 
 
+MAX_DECODE_PIXELS = 200_000_000
+
+
+def decoded_bytes_estimate(data: bytes, max_side: int, max_pixels: int = MAX_DECODE_PIXELS) -> int:
+    """What ``decode_rgb`` reserves from its budget for this photo, read from its header without
+    decoding it (for a decode done elsewhere: ``workers.preparepool``); 0 when decode_rgb will
+    refuse it before decoding (an unreadable header, too many pixels)."""
+    _register_heif()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > max_pixels:
+                return 0
+            _draft(image, max_side)  # the size only: nothing is decoded
+            return _decoded_bytes(image)
+    except Exception:
+        return 0
+
+
+def _draft(image: Image.Image, max_side: int) -> None:
+    if image.format in ("JPEG", "MPO"):
+        image.draft("RGB", draft_size(image.width, image.height, max_side))
+
+
 def decode_rgb(
-    data: bytes, *, max_side: int, max_pixels: int = 200_000_000,
+    data: bytes, *, max_side: int, max_pixels: int = MAX_DECODE_PIXELS,
     budget: DecodeBudget | None = None, budget_wait: float = 0.0,
 ) -> np.ndarray:
     """Decode to an upright uint8 RGB array whose long side is at most ``max_side``.
@@ -218,7 +241,7 @@ def decode_rgb(
         image.seek(0)
         if image.format in ("JPEG", "MPO"):
             _check_scans(data)
-            image.draft("RGB", draft_size(image.width, image.height, max_side))
+        _draft(image, max_side)
         with _reserved(budget, _decoded_bytes(image), budget_wait):
             image.load()
             image = ImageOps.exif_transpose(image)

@@ -366,26 +366,26 @@ class JobStore:
         ``enqueue``: the script also pushes the job's message (and its shadow copy's) onto the
         queue it routed it to, in the same atomic step; otherwise the caller sends them
         (``Routed.queue``, ``Routed.shadow_queue``)."""
-        keys, args, record, message = self._create_call(
+        keys, args, record = self._create_call(
             job_id=job_id, fields=fields, default_version=default_version, max_queue_depth=max_queue_depth,
             canary_draw=canary_draw, budget_seconds=budget_seconds, rate_window_seconds=rate_window_seconds,
             client=client, client_max_jobs=client_max_jobs, dry_run=dry_run, shadow_draw=shadow_draw,
             shadow_max_depth=shadow_max_depth, enqueue=enqueue, request_id=request_id)
-        return self._routed(self._create(keys=keys, args=args), record, message)
+        return self._routed(self._create(keys=keys, args=args), record)
 
     def create_in(self, pipe: redis.client.Pipeline, **kwargs: Any) -> Callable[[Any], Routed]:
         """``create`` queued on ``pipe`` (one round trip with other commands): returns what reads its
         reply from the pipeline's results."""
-        keys, args, record, message = self._create_call(**kwargs)
+        keys, args, record = self._create_call(**kwargs)
         self._create(keys=keys, args=args, client=pipe)
-        return lambda reply: self._routed(reply, record, message)
+        return lambda reply: self._routed(reply, record)
 
     def _create_call(
         self, *, job_id: str, fields: dict[str, Any], default_version: str, max_queue_depth: int,
         canary_draw: float, budget_seconds: float = 0.0, rate_window_seconds: int = 10, client: str = "",
         client_max_jobs: int = 0, dry_run: bool = False, shadow_draw: float = 1.0, shadow_max_depth: int = 0,
         enqueue: bool = False, request_id: str | None = None,
-    ) -> tuple[list[str], list[str], dict[str, str], str]:
+    ) -> tuple[list[str], list[str], dict[str, str]]:
         now = time.time()
         record = {"id": job_id, "status": QUEUED, "created_at": repr(now), "deliveries": "0"}
         record.update({k: _to_str(v) for k, v in fields.items()})
@@ -419,10 +419,10 @@ class JobStore:
             shadow_message,
             *flat,
         ]
-        return keys, args, record, message
+        return keys, args, record
 
     @staticmethod
-    def _routed(reply: Any, record: dict[str, str], message: str) -> Routed:
+    def _routed(reply: Any, record: dict[str, str]) -> Routed:
         outcome = _s(reply[0])
         if outcome == "ok":
             written = {**record, "model_version": _s(reply[1]), "queue": _s(reply[2])}

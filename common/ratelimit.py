@@ -52,16 +52,9 @@ class RateLimiter:
     def __init__(self, client: redis.Redis) -> None:
         self._take = client.register_script(_TAKE)
 
-    def take(self, buckets: list[Bucket]) -> float:
-        """Take a token from every bucket: 0.0 when taken, else the seconds until one would be."""
-        buckets = [b for b in buckets if b.rate > 0]
-        if not buckets:
-            return 0.0
-        return _wait(self._take(keys=[b.key for b in buckets], args=_args(buckets)))
-
     def take_in(self, pipe: redis.client.Pipeline, buckets: list[Bucket]) -> Callable[[Any], float] | None:
-        """``take`` queued on ``pipe``: returns what reads its reply, or None when no bucket limits
-        (nothing was queued)."""
+        """Take a token from every bucket, queued on ``pipe``: returns what reads its reply (0.0 when
+        taken, else the seconds until one would be), or None when no bucket limits (nothing queued)."""
         buckets = [b for b in buckets if b.rate > 0]
         if not buckets:
             return None

@@ -76,13 +76,12 @@ import numpy as np
 
 from common import errors
 from common.errors import DecodeBusy, InferenceFailed, JobFailure
+from common.imaging import decoded_bytes_estimate
 from common.membudget import DecodeBudget, DecodeBudgetExceeded, release_free_memory
 from common.volume import ModelVolume
 
 logger = logging.getLogger(__name__)
 
-# decode_rgb's own limit: a photo with more pixels is refused before anything is decoded.
-MAX_PIXELS = 200_000_000
 # Photos that lost a child are remembered (by digest) this many at a time.
 _SUSPECTS = 256
 
@@ -200,26 +199,6 @@ def load_prepare_side(runtime: Any) -> None:
 
 
 # --- the budget ------------------------------------------------------------------------------
-
-
-def decoded_bytes_estimate(data: bytes, max_side: int) -> int:
-    """What ``decode_rgb`` reserves for this photo, read from its header without decoding it;
-    0 when decode_rgb will refuse it before decoding (an unreadable header, too many pixels):
-    the child's decode_rgb then fails it with its own message."""
-    from PIL import Image
-
-    from common.imaging import _decoded_bytes, _register_heif, draft_size
-
-    _register_heif()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                return 0
-            if image.format in ("JPEG", "MPO"):
-                image.draft("RGB", draft_size(image.width, image.height, max_side))  # the size only
-            return _decoded_bytes(image)
-    except Exception:
-        return 0
 
 
 @contextmanager

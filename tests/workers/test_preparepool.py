@@ -25,7 +25,7 @@ from PIL import Image
 
 from common.errors import DecodeBusy, ImageDecodeFailed, InferenceFailed, JobFailure
 from common.imagestore import LocalImageStore
-from common.imaging import decode_rgb
+from common.imaging import decode_rgb, decoded_bytes_estimate
 from common.jobstore import JobStore
 from common.membudget import DecodeBudget
 from common.volume import ModelVolume
@@ -36,7 +36,6 @@ from workers.preparepool import (
     PreparePool,
     PrepareUnavailable,
     _ArrayCodec,
-    decoded_bytes_estimate,
     load_prepare_side,
 )
 from workers.runtime import runtime_for
