@@ -373,6 +373,18 @@ class JobStore:
             shadow_max_depth=shadow_max_depth, enqueue=enqueue, request_id=request_id)
         return self._routed(self._create(keys=keys, args=args), record)
 
+    def _queued_lease_until(self, now: float, record: dict[str, str]) -> float:
+        """When the reaper sends a queued job again if no worker has claimed it: after the lease,
+        or at its deadline if that comes first. A message lost in a failover (taken from the queue
+        on a primary that died before its replica had it recorded) then ends its job as
+        ``deadline_exceeded`` when its client stops waiting, not a lease of minutes later; a job
+        still in a backlog at its deadline gets a second message, and both are skipped."""
+        try:
+            deadline = float(record["deadline"])
+        except (KeyError, ValueError):
+            return now + self.lease_seconds
+        return min(now + self.lease_seconds, max(now, deadline))
+
     def create_in(self, pipe: redis.client.Pipeline, **kwargs: Any) -> Callable[[Any], Routed]:
         """``create`` queued on ``pipe`` (one round trip with other commands): returns what reads its
         reply from the pipeline's results."""
@@ -404,7 +416,7 @@ class JobStore:
             str(max_queue_depth),
             str(self.ttl_seconds),
             QUEUE_PREFIX,
-            repr(now + self.lease_seconds),
+            repr(self._queued_lease_until(now, record)),
             job_id,
             repr(float(budget_seconds)),
             self.prefix,

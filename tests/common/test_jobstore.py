@@ -215,6 +215,29 @@ def test_a_short_claim_is_kept_alive_by_its_workers_renewals_only(redis_client: 
     assert store.client.zscore(store.pending_key, held) is None
 
 
+def test_a_queued_job_is_sent_again_at_its_deadline_when_that_comes_before_the_lease(
+        redis_client: redis.Redis, key_prefix: str) -> None:
+    """A message lost in a failover leaves its job queued with no message anywhere: it is sent
+    again (and then skipped as past its deadline) when its client stops waiting, not after a
+    lease of minutes."""
+    store = JobStore(redis_client, key_prefix, ttl_seconds=60, lease_seconds=300)
+    now = time.time()
+
+    def job(deadline: float | None) -> str:
+        job_id = store.new_id()
+        fields = {"image_key": job_id} | ({"deadline": repr(deadline)} if deadline is not None else {})
+        store.create(job_id=job_id, fields=fields, default_version="1", max_queue_depth=0, canary_draw=0.5)
+        return job_id
+
+    soon, late, undated = job(now + 0.2), job(now + 3600), job(None)
+    assert store.client.zscore(store.pending_key, soon) == pytest.approx(now + 0.2, abs=1e-3)
+    assert store.client.zscore(store.pending_key, late) == pytest.approx(now + 300, abs=2)
+    assert store.client.zscore(store.pending_key, undated) == pytest.approx(now + 300, abs=2)
+    assert store.reap() == []
+    time.sleep(0.3)
+    assert [job_id for job_id, _, _ in store.reap()] == [soon]
+
+
 def test_a_released_claim_is_queued_again_without_counting_a_delivery(store: JobStore) -> None:
     job_id, _ = create(store)
     store.claim(job_id, worker="w1", max_deliveries=3)

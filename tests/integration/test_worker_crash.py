@@ -101,12 +101,45 @@ def test_a_job_whose_message_vanished_is_sent_again_and_finishes(crash_stack: St
     assert "overdue job sent again" in worker.output()
 
 
+def test_a_job_whose_message_vanished_ends_at_its_deadline_not_after_the_lease(
+        tmp_path: Path, reference_model_root: Path, coffee) -> None:  # type: ignore[no-untyped-def]
+    """The production lease (JOB_LEASE_SECONDS, 270 s): a waiting client's job whose message was
+    lost is sent again at its deadline and ends ``deadline_exceeded`` then, so that a poller gets
+    an answer within its wait and the grace, not a queued job for minutes."""
+    redis_process, url = start_redis(tmp_path)
+    env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
+                         METRICS_ENABLED="false", WAIT_GRACE_SECONDS="2", REAPER_INTERVAL_SECONDS="1")
+    stack = Stack(tmp_path, env, key, url)
+    try:
+        stack.start_api()
+        with stack.client() as client:
+            job = client.post("/recognize?wait=1", files={"image": ("c.jpg", jpeg_bytes(coffee), "image/jpeg")}).json()
+        assert job["status"] == "queued"  # no worker yet
+        store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+        record = JobStore(store, stack.env["REDIS_KEY_PREFIX"]).get(job["id"])
+        assert store.delete(queue_for("1")) == 1  # the only message, gone
+        worker = stack.start_worker("1", name="reaper")
+        stack.wait_worker_ready(worker, "1")
+        with stack.client() as client:
+            ended = client.get(f"/v1/recognitions/{job['id']}?wait=30").json()
+        assert ended["status"] == "failed" and ended["error"]["code"] == "deadline_exceeded", ended
+        finished = float(JobStore(store, stack.env["REDIS_KEY_PREFIX"]).get(job["id"])["finished_at"])
+        # Ended once a worker was there to skip it (the model load takes longer than the 3 s to the
+        # deadline), minutes before the 270 s lease.
+        assert finished - float(record["created_at"]) < 120
+        assert "overdue job sent again" in worker.output()
+    finally:
+        stack.stop()
+        redis_process.kill()
+
+
 @pytest.fixture
 def two_workers(tmp_path: Path, reference_model_root: Path) -> Iterator[tuple[Stack, Process, Process]]:
     """Production claim settings (the claim lease, the visibility timeout): what a SIGKILL costs.
     Only the backstop is shorter: a message the worker had taken but not yet recorded when it died
-    is gone (kombu), and its queued job is sent again after JOB_LEASE_SECONDS — 270 s in production,
-    30 s here so that the test sees it end (a full clean-clone run lost one such job in 60 s)."""
+    is gone (kombu), and its queued job is sent again at its deadline (the clients' 20 s wait and the
+    grace) or after JOB_LEASE_SECONDS — 270 s in production, 30 s here — whichever is first (a full
+    clean-clone run once lost one such job in 60 s, before the deadline bounded it)."""
     redis_process, url = start_redis(tmp_path)
     env, key = stack_env(tmp_path, url, model_root=reference_model_root, default_version="1",
                          METRICS_ENABLED="false", JOB_LEASE_SECONDS="30")
