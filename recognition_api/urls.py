@@ -5,7 +5,7 @@ from recognition_api import apidocs, pages, views
 
 urlpatterns = [
     path("recognize", views.RecognizeApi.as_view(), name="recognize"),
-    path("v1/recognize", views.RecognizeApi.as_view(), name="recognize-v1"),
+    path("v1/recognize", views.RecognizeV1Api.as_view(), name="recognize-v1"),
     path("v1/recognitions/<str:job_id>", views.RecognitionDetailApi.as_view(), name="recognition-detail"),
     path("v1/recognitions/<str:job_id>/feedback", views.RecognitionFeedbackApi.as_view(),
          name="recognition-feedback"),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
@@ -120,6 +120,12 @@ class RecognizeApi(APIView):
             wait_seconds=wait,
         )
         return _job_response(record)
+
+
+@extend_schema_view(post=extend_schema(operation_id="recognize_v1"))
+class RecognizeV1Api(RecognizeApi):
+    """POST /v1/recognize: the same operation under the versioned prefix, with an operationId of its
+    own (OpenAPI wants them unique; generated clients name their methods after them)."""
 
 
 class RecognitionDetailApi(APIView):

@@ -69,6 +69,16 @@ def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
     assert document["openapi"].startswith("3.")
 
 
+def test_operation_ids_are_unique_and_both_recognize_paths_are_the_same_operation(
+        document: dict[str, Any]) -> None:
+    ids = [op["operationId"] for _, _, op in operations(document)]
+    assert len(ids) == len(set(ids)), ids
+    plain, versioned = document["paths"]["/recognize"]["post"], document["paths"]["/v1/recognize"]["post"]
+    assert (plain["operationId"], versioned["operationId"]) == ("recognize", "recognize_v1")
+    assert {k: v for k, v in plain.items() if k != "operationId"} == \
+        {k: v for k, v in versioned.items() if k != "operationId"}
+
+
 def test_the_document_links_to_both_pages_that_show_it(document: dict[str, Any]) -> None:
     description = document["info"]["description"]
     assert "(/docs)" in description and "(/redoc)" in description and "(/openapi.json)" in description
