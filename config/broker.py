@@ -15,24 +15,60 @@ handles (logged; the consumer reconnects on a new connection). Nothing is lost b
 messages stay in Redis's ``unacked`` hash until the visibility timeout brings them back, and
 their jobs are sent again sooner by the worker (``WorkerProcess.resend``) or by the reaper.
 
+A message taken from the queue whose record as unacknowledged fails with the connection
+(``KeepingQoS``) is handed to its task rather than dropped.
+
 The same holds for kombu's Sentinel transport (``SentinelTransport``, chosen by
 ``config.settings`` when ``REDIS_URL`` names sentinels).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery.app.amqp import AMQP as CeleryAMQP
 from kombu import Connection as KombuConnection
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.env import env_float
 
+logger = logging.getLogger(__name__)
+
+
+class KeepingQoS(kombu_redis.QoS):
+    """kombu's bookkeeping of unacknowledged messages, which keeps a message it could not record.
+
+    kombu takes a message off its queue (BRPOP), then records it as unacknowledged (a second
+    round trip), then hands it to the consumer. When the record fails — the primary died between
+    the two, or a failover is under way — kombu drops the message: it is then in no
+    list anywhere, and only the job's record, still ``queued``, brings it back, through the reaper
+    at the job's deadline. Here the message goes on to its task all the same (and into the
+    channel's in-memory count of delivered messages, so prefetch stays right): the task claims its
+    job, which runs if Redis answers by then; if not, the task's transient error has the worker
+    send the job again once Redis answers (``WorkerProcess.resend``). Acknowledging a message that
+    was never recorded removes nothing, and restores nothing twice.
+
+    Only a lost connection: a full Redis (which still lets BRPOP take messages, and refuses every
+    write) keeps kombu's way — the error ends the consumer's connection, which reconnects until
+    Redis has room — so that a worker does not drain the queue into its memory meanwhile."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            logger.warning("a taken message could not be recorded as unacknowledged (%s: %s); its task runs "
+                           "all the same", type(exc).__name__, exc)
+            virtual.QoS.append(self, message, delivery_tag)
+
 
 class _SurvivingChannel(kombu_redis.Channel):
+    QoS = KeepingQoS
+
     # kombu builds a new redis.Redis client for every Redis call outside its event loop: twice per
     # message (recording it as unacknowledged, and the acknowledgement), each costing more CPU
     # than the call's round trip (redis-py's constructor). One client per connection pool serves
@@ -63,8 +99,8 @@ class Channel(_SurvivingChannel):
 # took as unacknowledged; kombu lets that error out of its event loop and the worker process
 # ends (and reloads its model). Counted as a connection error instead, it makes the consumer
 # reconnect every few seconds until Redis has room again. The message taken meanwhile could not
-# be recorded anywhere (Redis refuses every write); its job is sent again by the reaper when the
-# job's lease runs out.
+# be recorded anywhere (Redis refuses every write); its job is sent again by the reaper at its
+# deadline or when its lease runs out.
 _CONNECTION_ERRORS = kombu_redis.Transport.connection_errors + (RedisOutOfMemoryError,)
 
 
