@@ -156,11 +156,16 @@ class PeerServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_group(self.process)
         self._log.close()
+
+
+def stop_group(process: subprocess.Popen, *, grace: float = 30) -> None:
+    """SIGTERM to a server started in a session of its own, and its children; SIGKILL after ``grace``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)

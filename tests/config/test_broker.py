@@ -23,13 +23,20 @@ def test_a_channel_keeps_one_redis_client_per_pool_for_its_calls(redis_url: str)
         assert channel._create_client().connection_pool is channel.pool
 
 
-def test_messages_are_recorded_unacknowledged_and_acknowledged_through_it(redis_url: str) -> None:
+def one_message(connection: Connection, payload: dict) -> Queue:
+    """A queue of its own holding one message with ``payload``."""
     name = f"test-broker-{uuid.uuid4().hex}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    connection.Producer(connection.default_channel).publish(payload, exchange=queue.exchange, routing_key=name,
+                                                            declare=[queue], serializer="json")
+    return queue
+
+
+def test_messages_are_recorded_unacknowledged_and_acknowledged_through_it(redis_url: str) -> None:
     with Connection(redis_url, transport=Transport) as connection:
         channel = connection.default_channel
-        connection.Producer(channel).publish({"n": 1}, exchange=queue.exchange, routing_key=name,
-                                             declare=[queue], serializer="json")
+        queue = one_message(connection, {"n": 1})
+        name = queue.name
         message = queue(channel).get(no_ack=False)
         assert message is not None and message.payload == {"n": 1}
         client = channel._create_client()
@@ -42,12 +49,9 @@ def test_messages_are_recorded_unacknowledged_and_acknowledged_through_it(redis_
 def test_a_message_that_cannot_be_recorded_still_reaches_its_consumer(redis_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The primary gone between kombu's BRPOP and its record of the message: the message goes on to
     its task (whose claim then decides), instead of being dropped in the worker's memory."""
-    name = f"test-broker-{uuid.uuid4().hex}"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     with Connection(redis_url, transport=Transport) as connection:
         channel = connection.default_channel
-        connection.Producer(channel).publish({"n": 2}, exchange=queue.exchange, routing_key=name,
-                                             declare=[queue], serializer="json")
+        queue = one_message(connection, {"n": 2})
 
         def gone(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             raise redis.ConnectionError("Connection closed by server.")
@@ -60,17 +64,14 @@ def test_a_message_that_cannot_be_recorded_still_reaches_its_consumer(redis_url:
         client = channel._create_client()
         assert not client.hexists(channel.unacked_key, message.delivery_tag)
         message.ack()  # removes nothing, raises nothing
-        assert client.llen(name) == 0 and not client.hexists(channel.unacked_key, message.delivery_tag)
+        assert client.llen(queue.name) == 0 and not client.hexists(channel.unacked_key, message.delivery_tag)
 
 
 def test_a_full_redis_still_ends_the_connection_rather_than_draining_the_queue(redis_url: str,
                                                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    name = f"test-broker-{uuid.uuid4().hex}"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     with Connection(redis_url, transport=Transport) as connection:
         channel = connection.default_channel
-        connection.Producer(channel).publish({"n": 3}, exchange=queue.exchange, routing_key=name,
-                                             declare=[queue], serializer="json")
+        queue = one_message(connection, {"n": 3})
 
         def full(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             raise redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
