@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,21 +75,9 @@ class _Server:
                                         start_new_session=True)
 
     def wait_ready(self, image: Path) -> None:
-        import httpx
+        from bench.servers import wait_answering
 
-        deadline = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self._log.name}")
-            try:
-                if httpx.post(f"{self.url}/recognize", files={"image": ("a.jpg", image.read_bytes())},
-                              timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not answer in 60 s")
-            time.sleep(0.2)
+        wait_answering(self.process, self.url, image, timeout=60, name=self.name, log_path=Path(self._log.name))
 
     def stop(self) -> None:
         from bench.servers import stop_group

@@ -135,29 +135,33 @@ class PeerServer:
 
     def _wait_ready(self, image: Path) -> None:
         """Ready = a real request answered (the model service loads after /readyz says yes)."""
-        import httpx
-
-        deadline = time.monotonic() + 180
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                response = httpx.post(
-                    f"{self.url}/recognize",
-                    timeout=30,
-                    files={"image": ("a.jpg", image.read_bytes(), "image/jpeg")},
-                )
-                if response.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the BentoML peer did not answer in 180 s")
-            time.sleep(0.5)
+        wait_answering(self.process, self.url, image, timeout=180, name="the BentoML peer", log_path=self.log_path)
 
     def stop(self) -> None:
         stop_group(self.process)
         self._log.close()
+
+
+def wait_answering(process: subprocess.Popen, url: str, image: Path, *, timeout: float, name: str,
+                   log_path: Path) -> None:
+    """Until ``POST {url}/recognize`` with ``image`` answers 200; raises if ``process`` exits first
+    (with the end of its log) or after ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            response = httpx.post(f"{url}/recognize", timeout=30,
+                                  files={"image": ("a.jpg", image.read_bytes(), "image/jpeg")})
+            if response.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not answer in {timeout:g} s")
+        time.sleep(0.2)
 
 
 def stop_group(process: subprocess.Popen, *, grace: float = 30) -> None:
