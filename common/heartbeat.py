@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from common.queues import takers_key
+
 
 def workers_key(prefix: str, version: str) -> str:
     return f"{prefix}workers:{version}"
@@ -31,10 +33,15 @@ def beat(
     worker_id: str,
     ttl_seconds: float,
     info: dict[str, Any],
+    queue: str | None = None,
 ) -> None:
+    """Renew ``worker_id``'s heartbeat; with ``queue``, also (again) register it as a worker that
+    takes the messages of ``queue`` into its own list (``common.queues.takers``)."""
     now = time.time()
     pipe = client.pipeline(transaction=False)
     pipe.zadd(workers_key(prefix, version), {worker_id: now + ttl_seconds})
+    if queue is not None:
+        pipe.hset(takers_key(prefix), worker_id, queue)
     pipe.zremrangebyscore(workers_key(prefix, version), "-inf", now)
     pipe.set(
         worker_key(prefix, worker_id),

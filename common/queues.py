@@ -31,6 +31,46 @@ UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 
 
+def taking_key(prefix: str, worker_id: str) -> str:
+    """The list that worker ``worker_id`` takes its messages into (``config.broker``): a message
+    moves there from its queue in one atomic step and leaves it in the step that records it as
+    unacknowledged, so that a worker killed between the two leaves it here, never nowhere."""
+    return f"{prefix}taking:{worker_id}"
+
+
+def takers_key(prefix: str) -> str:
+    """A hash: each worker that takes messages into its own list, and the queue it takes from."""
+    return f"{prefix}takers"
+
+
+# Every message of a taking list back to the right end of its queue (the end workers take
+# from: they were the oldest), the newest first so that the oldest is taken first; then the
+# worker is no longer a taker. One step: a message is always in exactly one list.
+_RETURN_TAKEN = """
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+return moved
+"""
+
+
+def takers(client: redis.Redis, prefix: str) -> dict[str, str]:
+    """Each registered taker's worker id and the queue it takes from."""
+    return {_text(worker): _text(queue) for worker, queue in client.hgetall(takers_key(prefix)).items()}
+
+
+def return_taken(client: redis.Redis, *, prefix: str, worker_id: str, queue: str) -> int:
+    """Put the messages left in ``worker_id``'s taking list back on ``queue`` and forget the
+    worker as a taker; returns how many went back."""
+    return int(client.eval(_RETURN_TAKEN, 3, taking_key(prefix, worker_id), queue, takers_key(prefix), worker_id))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class TaskSender(Protocol):
     """What a Celery app offers to enqueue (``app.send_task``)."""
 
@@ -112,6 +152,6 @@ def taken_before(client: redis.Redis, cutoff: float, *, limit: int = 1000) -> li
         except (ValueError, TypeError, KeyError):
             continue
         if task == TASK_NAME and isinstance(kwargs, dict):
-            out.append((tag.decode() if isinstance(tag, bytes) else tag, kwargs))
+            out.append((_text(tag), kwargs))
     return out
 

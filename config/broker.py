@@ -18,6 +18,13 @@ their jobs are sent again sooner by the worker (``WorkerProcess.resend``) or by 
 A message taken from the queue whose record as unacknowledged fails with the connection
 (``KeepingQoS``) is handed to its task rather than dropped.
 
+In a worker process (``take_into``), a message is never only in the worker's memory: the channel
+takes it with ``BLMOVE`` from its queue into the worker's own taking list (``common.queues``)
+instead of kombu's ``BRPOP``, and the pipeline that records it as unacknowledged removes it from
+there. A worker killed between the two leaves the message in its list, and the reaper puts it
+back on its queue once the worker's heartbeat has run out (``WorkerProcess.reap``); with kombu's
+``BRPOP`` it was gone, and its job failed at its deadline.
+
 The same holds for kombu's Sentinel transport (``SentinelTransport``, chosen by
 ``config.settings`` when ``REDIS_URL`` names sentinels).
 """
@@ -25,19 +32,45 @@ The same holds for kombu's Sentinel transport (``SentinelTransport``, chosen by
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from time import monotonic, time
 from typing import Any
 
 from celery.app.amqp import AMQP as CeleryAMQP
 from kombu import Connection as KombuConnection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.env import env_float
+from common.queues import takers_key, taking_key
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Taker:
+    worker_id: str
+    key: str  # the worker's taking list
+    takers: str  # the hash of takers
+
+
+_taker: _Taker | None = None
+
+
+def take_into(*, prefix: str, worker_id: str) -> None:
+    """Make this process's consumers take each message into worker ``worker_id``'s own list
+    (``common.queues.taking_key``) rather than pop it. Called once, by the worker process,
+    before its consumer starts; a process that never calls it (the API) pops as kombu does."""
+    global _taker
+    _taker = _Taker(worker_id, taking_key(prefix, worker_id), takers_key(prefix))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class KeepingQoS(kombu_redis.QoS):
@@ -59,11 +92,27 @@ class KeepingQoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         try:
-            super().append(message, delivery_tag)
+            self._record(message, delivery_tag)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             logger.warning("a taken message could not be recorded as unacknowledged (%s: %s); its task runs "
                            "all the same", type(exc).__name__, exc)
             virtual.QoS.append(self, message, delivery_tag)
+
+    def _record(self, message: Any, delivery_tag: str) -> None:
+        """kombu's record of a message as unacknowledged (a MULTI/EXEC pipeline), which also takes
+        the message out of the worker's taking list when the channel took it there."""
+        taken = getattr(self.channel, "_taken", None)
+        if taken is None:
+            return super().append(message, delivery_tag)
+        key, raw = taken
+        delivery = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
+            pipe.hset(self.unacked_key, delivery_tag,
+                      dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
+            pipe.lrem(key, 1, raw)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
 
 
 class _SurvivingChannel(kombu_redis.Channel):
@@ -84,6 +133,59 @@ class _SurvivingChannel(kombu_redis.Channel):
         if client is None or client.connection_pool is not pool:
             client = self._sync_client = super()._create_client()
         return client
+
+    # --- taking into the worker's own list (``take_into``) ------------------------------
+    _taken: tuple[str, bytes] | None = None  # (taking list, the raw message) while it is delivered
+    _registered: tuple[str, str] | None = None
+    _taking_from: str | None = None  # the queue of the BLMOVE in flight; None for a BRPOP
+
+    def _taking_queue(self) -> str | None:
+        """The one queue this channel takes from into its worker's list; None to pop as kombu
+        does (not a worker, several queues, priority queues or a global key prefix)."""
+        if _taker is None or self.global_keyprefix or list(self.priority_steps) != [0]:
+            return None
+        queues = self.active_queues
+        return queues[0] if len(queues) == 1 else None
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queue = self._taking_from = self._taking_queue()
+        if queue is None:
+            return super()._brpop_start(timeout)
+        taker = _taker
+        assert taker is not None
+        if self._registered != (taker.worker_id, queue):
+            # Before the first message: the reaper finds the list of a dead worker through this.
+            self._create_client().hset(taker.takers, taker.worker_id, queue)
+            self._registered = (taker.worker_id, queue)
+        if timeout is None:
+            timeout = self.brpop_timeout
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command("BLMOVE", queue, taker.key, "RIGHT", "LEFT", timeout or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        taker, queue = _taker, self._taking_from
+        if taker is None or queue is None:
+            return super()._brpop_read(**options)
+        try:
+            try:
+                raw = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # kombu's way: the next round reconnects
+                raise
+            if raw is None:
+                raise virtual.Empty()
+            self._taken = (taker.key, raw)
+            try:
+                self.connection._deliver(loads(_text(raw)), queue)
+            finally:
+                self._taken = None
+            return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:

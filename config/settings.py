@@ -212,8 +212,8 @@ CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 BROKER_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
 # A job not finished this long after it was queued, or after a worker claimed it, is
 # sent again by the workers' reaper: the safety net under the broker's own redelivery
-# (kombu's Redis transport can lose a message whose worker dies between taking it and
-# recording it as unacknowledged). Below the visibility timeout, so the broker's
+# (a message lost with a Redis primary that did not survive a failover). Below the
+# visibility timeout, so the broker's
 # redelivery of a message finds the job's lease expired and runs it.
 JOB_LEASE_SECONDS = env_float("JOB_LEASE_SECONDS", BROKER_VISIBILITY_TIMEOUT * 0.9, minimum=1)
 REAPER_INTERVAL_SECONDS = env_float("REAPER_INTERVAL_SECONDS", 2.0, minimum=0.2)
@@ -228,6 +228,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_mutex_expire": env_int("BROKER_RESTORE_LOCK_SECONDS", 30, minimum=1),
     "socket_timeout": REDIS_SOCKET_TIMEOUT,
     "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+    # One list per queue (no priority sub-queues: nothing is sent with a priority), so that a
+    # worker can take each message with one BLMOVE into its own list (config/broker.py).
+    "priority_steps": [0],
     **_redis.broker_transport_options,  # Sentinel: the master's name
 }
 # The queue a worker consumes (scripts/start-worker passes no --queues).

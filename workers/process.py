@@ -45,7 +45,15 @@ from common.imagestore import ImageStore, image_store_from_url
 from common.jobstore import JobStore
 from common.membudget import DecodeBudget, budget_bytes
 from common.metrics import statsd, version_tags
-from common.queues import TaskSender, queue_depth, queue_for, recognition_send, taken_before
+from common.queues import (
+    TaskSender,
+    queue_depth,
+    queue_for,
+    recognition_send,
+    return_taken,
+    taken_before,
+    takers,
+)
 from common.redisconn import RedisTarget
 from common.rollout import rollout_state
 from common.volume import ModelVolume, VolumeError, version_dir
@@ -248,6 +256,7 @@ class WorkerProcess:
                 info={"model_name": ctx.model_name, "pid": os.getpid(), "host": socket.gethostname(),
                       "manifest_sha256": self._manifest_sha256,
                       "checked_manifest_sha256": self._checked_manifest_sha256},
+                queue=self.queue,
             )
             self.jobs.renew(ctx.held(), worker=self.worker_id, lease_seconds=self.config.claim_lease_seconds)
             self._redis_took_beat_at = time.time()
@@ -288,7 +297,31 @@ class WorkerProcess:
                 continue
             logger.warning("overdue job sent again", extra={"job_id": job_id, "queue": queue})
             sent += 1
-        return sent + self._rescue_taken_unclaimed()
+        return sent + self._rescue_taken_unclaimed() + self._return_taken_of_dead()
+
+    def _return_taken_of_dead(self) -> int:
+        """Put back on its queue each message that a dead worker (no heartbeat) had taken into its
+        own list (``config.broker``) and not yet recorded as unacknowledged: it was killed between
+        the two. The worker is then forgotten as a taker (a live one registers again with its
+        next heartbeat). A worker that only looked dead gets a duplicate of a message it is
+        delivering; the job's claim drops one of the two."""
+        prefix = self.config.key_prefix
+        others = {worker: queue for worker, queue in takers(self.client, prefix).items() if worker != self.worker_id}
+        if not others:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for worker in others:
+            pipe.exists(heartbeat.worker_key(prefix, worker))
+        returned = 0
+        for (worker, queue), alive in zip(others.items(), pipe.execute(), strict=True):
+            if alive:
+                continue
+            count = return_taken(self.client, prefix=prefix, worker_id=worker, queue=queue)
+            if count:
+                logger.warning("messages a dead worker had taken and not recorded sent back to their queue",
+                               extra={"worker": worker, "queue": queue, "count": count})
+            returned += count
+        return returned
 
     def _rescue_taken_unclaimed(self) -> int:
         """Send again the queued jobs whose message a worker took a claim lease ago without
@@ -457,6 +490,12 @@ class WorkerProcess:
 
     def unload(self) -> None:
         self.withdraw()
+        try:
+            # A message the consumer took as it stopped, never delivered: back on the queue
+            # (before the hand-off, which may move it on).
+            return_taken(self.client, prefix=self.config.key_prefix, worker_id=self.worker_id, queue=self.queue)
+        except Exception as exc:
+            logger.warning("could not return taken messages: %s", exc)
         try:
             self.hand_off()
         except Exception as exc:

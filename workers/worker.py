@@ -15,6 +15,7 @@ from celery import signals
 from django.conf import settings
 
 from common.membudget import fix_mmap_threshold
+from config import broker
 from config.celery_app import app
 from workers import process, tasks  # noqa: F401  (tasks: registers the task)
 
@@ -31,7 +32,10 @@ def _load_model(**kwargs) -> None:  # type: ignore[no-untyped-def]
     if settings.WORKER_MALLOC_MMAP_THRESHOLD:
         fix_mmap_threshold(settings.WORKER_MALLOC_MMAP_THRESHOLD)
     try:
-        process.install(process.WorkerProcess.from_settings(settings)).load()
+        worker = process.install(process.WorkerProcess.from_settings(settings))
+        # Before the consumer starts: every message it takes goes into this worker's own list.
+        broker.take_into(prefix=settings.REDIS_KEY_PREFIX, worker_id=worker.worker_id)
+        worker.load()
     except Exception:
         logger.exception("model load failed; exiting")
         raise SystemExit(3) from None  # a worker without its model must not consume

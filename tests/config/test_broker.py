@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from config.broker import Transport
+from common.queues import return_taken, takers, taking_key
+from config import broker
+from config.broker import KeepingQoS, Transport
 
 
 def test_a_channel_keeps_one_redis_client_per_pool_for_its_calls(redis_url: str) -> None:
@@ -80,3 +83,118 @@ def test_a_full_redis_still_ends_the_connection_rather_than_draining_the_queue(r
             patched.setattr(redis.client.Pipeline, "execute", full)
             with pytest.raises(tuple(Transport.connection_errors)):
                 queue(channel).get(no_ack=False)
+
+
+# --- taking into the worker's own list (config.broker.take_into) ---------------------------
+
+WORKER = "host-a:4242"
+ONE_LIST = {"priority_steps": [0]}  # what config.settings gives the broker
+
+
+@pytest.fixture
+def taker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This process takes messages as worker WORKER does; the key prefix is returned."""
+    prefix = f"broker-{uuid.uuid4().hex[:8]}:"
+    monkeypatch.setattr(broker, "_taker", None)  # put back after the test
+    broker.take_into(prefix=prefix, worker_id=WORKER)
+    yield prefix
+
+
+def consume_one(connection: Connection, queue: Queue) -> list:
+    """The messages one round of the consumer's event loop delivers (kombu's BRPOP path, or BLMOVE)."""
+    delivered: list = []
+    with connection.Consumer(queue, callbacks=[lambda body, message: delivered.append(message)], accept=["json"]):
+        connection.drain_events(timeout=5)
+    return delivered
+
+
+def test_a_worker_takes_a_message_into_its_own_list_and_out_of_it_as_it_records_it(redis_url: str,
+                                                                                    taker: str) -> None:
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 4})
+        [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 4}
+        client = connection.default_channel._create_client()
+        assert client.hexists("unacked", message.delivery_tag)  # recorded, as kombu does
+        assert client.llen(taking_key(taker, WORKER)) == 0  # and out of the taking list in the same step
+        assert client.llen(queue.name) == 0
+        assert takers(client, taker) == {WORKER: queue.name}  # the reaper can find the list
+        message.ack()
+        assert not client.hexists("unacked", message.delivery_tag)
+
+
+class Killed(BaseException):
+    """A SIGKILL between the take and the record, as far as this process can play one."""
+
+
+def test_a_message_taken_by_a_worker_that_dies_before_recording_it_stays_in_its_list(
+        redis_url: str, taker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu's BRPOP leaves the message nowhere (popped, then the process is gone); here it waits in
+    the worker's list, and ``return_taken`` (the reaper, once the worker's heartbeat has run out)
+    puts it back on its queue, where the next consumer gets it."""
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 5})
+
+        def killed(self, message, delivery_tag):  # type: ignore[no-untyped-def]
+            raise Killed
+
+        with monkeypatch.context() as patched, pytest.raises(Killed):
+            patched.setattr(KeepingQoS, "_record", killed)
+            consume_one(connection, queue)
+        client = connection.default_channel._create_client()
+        assert client.llen(queue.name) == 0 and client.hlen("unacked") == 0
+        assert client.llen(taking_key(taker, WORKER)) == 1  # not lost
+        assert return_taken(client, prefix=taker, worker_id=WORKER, queue=queue.name) == 1
+        assert client.llen(taking_key(taker, WORKER)) == 0 and takers(client, taker) == {}
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 5}
+
+
+def test_the_messages_a_dead_worker_took_go_back_oldest_first(redis_url: str, taker: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    queue = f"test-broker-{uuid.uuid4().hex}"
+    client.lpush(queue, "waiting")
+    for name in ("old", "new"):  # BLMOVE RIGHT -> LEFT: the newest is on the left of the list
+        client.lpush(taking_key(taker, WORKER), name)
+    assert return_taken(client, prefix=taker, worker_id=WORKER, queue=queue) == 2
+    assert [client.rpop(queue) for _ in range(3)] == [b"old", b"new", b"waiting"]  # workers take from the right
+    assert return_taken(client, prefix=taker, worker_id=WORKER, queue=queue) == 0
+
+
+def test_a_message_whose_record_fails_with_the_connection_is_delivered_from_the_list(
+        redis_url: str, taker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record's pipeline (which also empties the list) fails: the message goes on to its task,
+    and stays in the list, where only the worker's death would send it again (a duplicate that the
+    job's claim drops)."""
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 6})
+        execute = redis.client.Pipeline.execute
+
+        def gone_at_the_record(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if any(command[0][0] == "LREM" for command in self.command_stack):
+                raise redis.ConnectionError("Connection closed by server.")
+            return execute(self, *args, **kwargs)  # the consumer's own declarations
+
+        with monkeypatch.context() as patched:
+            patched.setattr(redis.client.Pipeline, "execute", gone_at_the_record)
+            [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 6}
+        client = connection.default_channel._create_client()
+        assert client.llen(taking_key(taker, WORKER)) == 1 and client.llen(queue.name) == 0
+
+
+@pytest.mark.parametrize("options", [{}, ONE_LIST], ids=["priority-queues", "not-a-worker"])
+def test_without_one_list_per_queue_or_outside_a_worker_messages_are_popped_as_kombu_does(
+        redis_url: str, options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = f"broker-{uuid.uuid4().hex[:8]}:"
+    monkeypatch.setattr(broker, "_taker", None)
+    if options == {}:  # a worker, but kombu's priority sub-queues: BRPOP over all of them
+        broker.take_into(prefix=prefix, worker_id=WORKER)
+    with Connection(redis_url, transport=Transport, transport_options=options) as connection:
+        queue = one_message(connection, {"n": 7})
+        [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 7}
+        client = connection.default_channel._create_client()
+        assert client.hexists("unacked", message.delivery_tag)
+        assert takers(client, prefix) == {} and client.llen(taking_key(prefix, WORKER)) == 0

@@ -19,7 +19,16 @@ from celery import Celery
 
 from common import heartbeat
 from common.imagestore import LocalImageStore
-from common.queues import TASK_NAME, UNACKED_INDEX_KEY, UNACKED_KEY, queue_for, recognition_send
+from common.queues import (
+    TASK_NAME,
+    UNACKED_INDEX_KEY,
+    UNACKED_KEY,
+    queue_for,
+    recognition_message,
+    recognition_send,
+    takers,
+    taking_key,
+)
 from common.rollout import rollout_key
 from common.volume import VolumeError
 from models_registry.build import build_null
@@ -323,6 +332,40 @@ def test_a_job_whose_message_was_taken_by_a_worker_that_died_before_claiming_it_
     finally:
         redis_client.hdel(UNACKED_KEY, tag)
         redis_client.zrem(UNACKED_INDEX_KEY, tag)
+
+
+def test_the_messages_a_dead_worker_had_taken_and_not_recorded_go_back_to_their_queue(
+    make_process, redis_client: redis.Redis, version: str, config: WorkerConfig,  # type: ignore[no-untyped-def]
+) -> None:
+    """What ``config.broker`` leaves in a worker's taking list when the worker is killed between
+    taking a message and recording it: the reaper returns it once the worker's heartbeat has run
+    out, never while the worker lives."""
+    reaper, other = make_process(config, "host:1"), make_process(config, "host:2")
+    reaper.beat()
+    other.beat()
+    assert takers(redis_client, config.key_prefix) == {"host:1": queue_for(version), "host:2": queue_for(version)}
+    job_id = reaper.jobs.new_id()
+    message = recognition_message(job_id=job_id, request_id="req-4", queue=queue_for(version))
+    redis_client.lpush(taking_key(config.key_prefix, "host:2"), message)  # its BLMOVE, then nothing
+
+    assert reaper.reap() == 0, "a live worker's message was taken from it"
+    assert redis_client.llen(taking_key(config.key_prefix, "host:2")) == 1
+    redis_client.delete(f"{config.key_prefix}reaper", heartbeat.worker_key(config.key_prefix, "host:2"))  # dead
+    assert reaper.reap() == 1
+    assert queued_tasks(redis_client, queue_for(version)) == [(TASK_NAME, {"job_id": job_id, "request_id": "req-4"})]
+    assert redis_client.llen(taking_key(config.key_prefix, "host:2")) == 0
+    assert takers(redis_client, config.key_prefix) == {"host:1": queue_for(version)}  # forgotten once dead
+
+
+def test_a_worker_that_stops_puts_back_what_its_consumer_took_last(
+    make_process, redis_client: redis.Redis, version: str, config: WorkerConfig,  # type: ignore[no-untyped-def]
+) -> None:
+    process = make_process(config, "host:3")
+    process.beat()
+    redis_client.lpush(taking_key(config.key_prefix, "host:3"), "a message taken as the consumer stopped")
+    process.unload()
+    assert redis_client.lrange(queue_for(version), 0, -1) == [b"a message taken as the consumer stopped"]
+    assert takers(redis_client, config.key_prefix) == {}
 
 
 def test_it_checks_every_file_of_the_volume_while_loading_and_says_so_in_its_heartbeat(
