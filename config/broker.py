@@ -175,9 +175,17 @@ class _SurvivingChannel(kombu_redis.Channel):
                 raise
             if raw is None:
                 raise virtual.Empty()
+            try:
+                message = loads(_text(raw))
+            except ValueError:
+                # Not a message anyone could run (kombu would fail on it too): dropped, not kept
+                # for the reaper to return again and again.
+                logger.error("dropped a message that is not JSON from %s: %.200r", queue, raw)
+                self._create_client().lrem(taker.key, 1, raw)
+                raise virtual.Empty() from None
             self._taken = (taker.key, raw)
             try:
-                self.connection._deliver(loads(_text(raw)), queue)
+                self.connection._deliver(message, queue)
             finally:
                 self._taken = None
             return True
@@ -200,9 +208,10 @@ class Channel(_SurvivingChannel):
 # A full Redis (maxmemory, noeviction) refuses the write that records a message the worker just
 # took as unacknowledged; kombu lets that error out of its event loop and the worker process
 # ends (and reloads its model). Counted as a connection error instead, it makes the consumer
-# reconnect every few seconds until Redis has room again. The message taken meanwhile could not
-# be recorded anywhere (Redis refuses every write); its job is sent again by the reaper at its
-# deadline or when its lease runs out.
+# reconnect every few seconds until Redis has room again. A worker's own take (BLMOVE, a write)
+# is refused as well, so it takes nothing meanwhile; outside a worker (kombu's BRPOP, which a full
+# Redis allows) the message taken could not be recorded anywhere, and its job is sent again by the
+# reaper at its deadline or when its lease runs out.
 _CONNECTION_ERRORS = kombu_redis.Transport.connection_errors + (RedisOutOfMemoryError,)
 
 

@@ -198,3 +198,14 @@ def test_without_one_list_per_queue_or_outside_a_worker_messages_are_popped_as_k
         client = connection.default_channel._create_client()
         assert client.hexists("unacked", message.delivery_tag)
         assert takers(client, prefix) == {} and client.llen(taking_key(prefix, WORKER)) == 0
+
+
+def test_a_message_that_is_not_json_is_dropped_from_the_taking_list_and_the_consumer_goes_on(
+        redis_url: str, taker: str) -> None:
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 8})
+        client = connection.default_channel._create_client()
+        client.rpush(queue.name, b"\xff not json")  # the right end: taken first
+        [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 8}
+        assert client.llen(taking_key(taker, WORKER)) == 0 and client.llen(queue.name) == 0
