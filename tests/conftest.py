@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import redis
 from PIL import Image
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from harness import free_port, spawn, start_redis, wait_until
 from tests.support import REFERENCE_MODEL_ROOT
@@ -29,6 +31,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+def unreachable_redis() -> redis.Redis:
+    """A client whose every command fails at once: nothing listens on port 1, and no retries
+    (redis-py's default retries with backoff would cost seconds per command)."""
+    return redis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
 
 
 @pytest.fixture

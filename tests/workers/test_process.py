@@ -32,7 +32,7 @@ from common.queues import (
 from common.rollout import rollout_key
 from common.volume import VolumeError
 from models_registry.build import build_null
-from tests.conftest import queued_tasks
+from tests.conftest import queued_tasks, unreachable_redis
 from workers.process import WorkerConfig, WorkerProcess
 
 
@@ -212,10 +212,14 @@ def test_housekeeping_survives_an_unreachable_redis_and_keeps_the_ready_file_fre
 ) -> None:
     process.beat()
     reached = float(config.ready_file.read_text())
-    process.client = redis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    reachable = process.client
+    process.client = unreachable_redis()
     before = time.time()
-    with caplog.at_level(logging.WARNING, logger="workers.process"):
-        process.tick()
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.process"):
+            process.tick()
+    finally:
+        process.client = reachable  # for the fixture's unload
     assert config.ready_file.stat().st_mtime >= before - 1, "the liveness signal went stale"
     assert float(config.ready_file.read_text()) == reached, "it still says when Redis last took a heartbeat"
     failed = {r.getMessage().split(" failed")[0] for r in caplog.records if r.name == "workers.process"}
@@ -255,7 +259,7 @@ def test_jobs_whose_messages_could_not_go_back_are_sent_again_once_redis_answers
     process.context.resend_later(queued, "req-9")
     process.context.resend_later(finished, "req-10")
     reachable = process.client
-    process.client = redis.Redis(port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    process.client = unreachable_redis()
     process.jobs.client = process.client
     with pytest.raises(redis.ConnectionError):
         process.resend()

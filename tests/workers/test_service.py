@@ -15,6 +15,7 @@ from PIL import Image
 from common.imagestore import LocalImageStore
 from common.jobstore import JobStore
 from models_registry.build import build_null
+from tests.conftest import unreachable_redis
 from workers.batching import Batcher
 from workers.runtime import runtime_for
 from workers.service import TransientError, WorkerContext, recognition_job_process
@@ -112,7 +113,7 @@ def test_an_expired_job_is_skipped(context: WorkerContext) -> None:
 
 
 def test_a_redis_outage_is_transient_so_the_message_is_redelivered(context: WorkerContext) -> None:
-    context.jobs = JobStore(redis.Redis(port=1, socket_connect_timeout=0.2), "x:", 60)
+    context.jobs = JobStore(unreachable_redis(), "x:", 60)
     with pytest.raises(TransientError):
         recognition_job_process(job_id="a" * 32, context=context)
 
