@@ -73,6 +73,18 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _has_blmove(client: Any) -> bool:
+    """Whether the Redis behind ``client`` has BLMOVE (6.2 and later); if not, say so: its
+    workers pop as kombu does, and a worker killed between a take and its record loses the message."""
+    version = str(client.info("server").get("redis_version", "0"))
+    parts = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if parts >= (6, 2):
+        return True
+    logger.warning("Redis %s has no BLMOVE (6.2 and later): messages are popped as kombu does, and a worker "
+                   "killed between taking a message and recording it takes the message with it", version)
+    return False
+
+
 class KeepingQoS(kombu_redis.QoS):
     """kombu's bookkeeping of unacknowledged messages, which keeps a message it could not record.
 
@@ -138,11 +150,12 @@ class _SurvivingChannel(kombu_redis.Channel):
     _taken: tuple[str, bytes] | None = None  # (taking list, the raw message) while it is delivered
     _registered: tuple[str, str] | None = None
     _taking_from: str | None = None  # the queue of the BLMOVE in flight; None for a BRPOP
+    _no_blmove = False  # the Redis is older than 6.2
 
     def _taking_queue(self) -> str | None:
         """The one queue this channel takes from into its worker's list; None to pop as kombu
         does (not a worker, several queues, priority queues or a global key prefix)."""
-        if _taker is None or self.global_keyprefix or list(self.priority_steps) != [0]:
+        if _taker is None or self._no_blmove or self.global_keyprefix or list(self.priority_steps) != [0]:
             return None
         queues = self.active_queues
         return queues[0] if len(queues) == 1 else None
@@ -154,8 +167,13 @@ class _SurvivingChannel(kombu_redis.Channel):
         taker = _taker
         assert taker is not None
         if self._registered != (taker.worker_id, queue):
+            client = self._create_client()
+            if not _has_blmove(client):
+                self._no_blmove = True  # asked once per channel
+                self._taking_from = None
+                return super()._brpop_start(timeout)
             # Before the first message: the reaper finds the list of a dead worker through this.
-            self._create_client().hset(taker.takers, taker.worker_id, queue)
+            client.hset(taker.takers, taker.worker_id, queue)
             self._registered = (taker.worker_id, queue)
         if timeout is None:
             timeout = self.brpop_timeout

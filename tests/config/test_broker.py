@@ -209,3 +209,23 @@ def test_a_message_that_is_not_json_is_dropped_from_the_taking_list_and_the_cons
         [message] = consume_one(connection, queue)
         assert message.payload == {"n": 8}
         assert client.llen(taking_key(taker, WORKER)) == 0 and client.llen(queue.name) == 0
+
+
+def test_a_redis_without_blmove_has_its_messages_popped_as_kombu_does(
+        redis_url: str, taker: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    info = redis.Redis.info
+
+    def old_server(self, section=None, *args):  # type: ignore[no-untyped-def]
+        reply = info(self, section, *args)
+        return {**reply, "redis_version": "6.0.16"} if section == "server" else reply
+
+    monkeypatch.setattr(redis.Redis, "info", old_server)
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 9})
+        [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 9}
+        client = connection.default_channel._create_client()
+        assert client.hexists("unacked", message.delivery_tag) and takers(client, taker) == {}
+        with connection.Consumer(queue, accept=["json"]), pytest.raises(TimeoutError):
+            connection.drain_events(timeout=2.5)  # more rounds of the empty queue's one-second take
+    assert caplog.text.count("Redis 6.0.16 has no BLMOVE") == 1  # asked once
