@@ -45,13 +45,18 @@ def takers_key(prefix: str) -> str:
 
 # Every message of a taking list back to the right end of its queue (the end workers take
 # from: they were the oldest), the newest first so that the oldest is taken first; then the
-# worker is no longer a taker. One step: a message is always in exactly one list.
+# worker is registered as a taker of the queue, or forgotten as one. One step: a message is
+# always in exactly one list.
 _RETURN_TAKEN = """
 local moved = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
   moved = moved + 1
 end
-redis.call('HDEL', KEYS[3], ARGV[1])
+if ARGV[2] == 'register' then
+  redis.call('HSET', KEYS[3], ARGV[1], KEYS[2])
+else
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
 return moved
 """
 
@@ -61,10 +66,13 @@ def takers(client: redis.Redis, prefix: str) -> dict[str, str]:
     return {_text(worker): _text(queue) for worker, queue in client.hgetall(takers_key(prefix)).items()}
 
 
-def return_taken(client: redis.Redis, *, prefix: str, worker_id: str, queue: str) -> int:
-    """Put the messages left in ``worker_id``'s taking list back on ``queue`` and forget the
-    worker as a taker; returns how many went back."""
-    return int(client.eval(_RETURN_TAKEN, 3, taking_key(prefix, worker_id), queue, takers_key(prefix), worker_id))
+def return_taken(client: redis.Redis, *, prefix: str, worker_id: str, queue: str, register: bool = False) -> int:
+    """Put the messages left in ``worker_id``'s taking list back on ``queue``; then forget the
+    worker as a taker, or with ``register`` register it as the taker of ``queue`` (a consumer
+    that starts to take: what an earlier connection of its worker took and may never have
+    delivered goes back first). Returns how many went back."""
+    return int(client.eval(_RETURN_TAKEN, 3, taking_key(prefix, worker_id), queue, takers_key(prefix), worker_id,
+                           "register" if register else "forget"))
 
 
 def _text(value: bytes | str) -> str:

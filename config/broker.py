@@ -46,16 +46,20 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.env import env_float
-from common.queues import takers_key, taking_key
+from common.queues import return_taken, taking_key
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class _Taker:
+    prefix: str
     worker_id: str
-    key: str  # the worker's taking list
-    takers: str  # the hash of takers
+
+    @property
+    def key(self) -> str:
+        """The worker's taking list."""
+        return taking_key(self.prefix, self.worker_id)
 
 
 _taker: _Taker | None = None
@@ -66,7 +70,7 @@ def take_into(*, prefix: str, worker_id: str) -> None:
     (``common.queues.taking_key``) rather than pop it. Called once, by the worker process,
     before its consumer starts; a process that never calls it (the API) pops as kombu does."""
     global _taker
-    _taker = _Taker(worker_id, taking_key(prefix, worker_id), takers_key(prefix))
+    _taker = _Taker(prefix, worker_id)
 
 
 def _text(value: bytes | str) -> str:
@@ -173,7 +177,14 @@ class _SurvivingChannel(kombu_redis.Channel):
                 self._taking_from = None
                 return super()._brpop_start(timeout)
             # Before the first message: the reaper finds the list of a dead worker through this.
-            client.hset(taker.takers, taker.worker_id, queue)
+            # A message left in the list was taken through an earlier connection of this worker
+            # that broke, perhaps before its reply was read: back on the queue (a duplicate of
+            # one that was delivered is dropped by its job's claim).
+            returned = return_taken(client, prefix=taker.prefix, worker_id=taker.worker_id, queue=queue,
+                                    register=True)
+            if returned:
+                logger.warning("messages an earlier connection took and may not have delivered sent back to "
+                               "their queue", extra={"queue": queue, "count": returned})
             self._registered = (taker.worker_id, queue)
         if timeout is None:
             timeout = self.brpop_timeout

@@ -229,3 +229,18 @@ def test_a_redis_without_blmove_has_its_messages_popped_as_kombu_does(
         with connection.Consumer(queue, accept=["json"]), pytest.raises(TimeoutError):
             connection.drain_events(timeout=2.5)  # more rounds of the empty queue's one-second take
     assert caplog.text.count("Redis 6.0.16 has no BLMOVE") == 1  # asked once
+
+
+def test_a_consumer_that_starts_sends_back_what_an_earlier_connection_of_its_worker_took(
+        redis_url: str, taker: str) -> None:
+    """A connection that broke after Redis moved a message into the worker's list, before the worker
+    read the reply: the message is in no queue and in no record, and its worker lives on. The
+    worker's next consumer puts it back on the queue before it takes anything, and so delivers it."""
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 11})
+        client = connection.default_channel._create_client()
+        client.lmove(queue.name, taking_key(taker, WORKER), "RIGHT", "LEFT")  # the lost reply's take
+        [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 11}
+        assert client.llen(taking_key(taker, WORKER)) == 0 and client.hexists("unacked", message.delivery_tag)
+        assert takers(client, taker) == {WORKER: queue.name}
