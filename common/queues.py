@@ -46,8 +46,12 @@ def takers_key(prefix: str) -> str:
 # Every message of a taking list back to the right end of its queue (the end workers take
 # from: they were the oldest), the newest first so that the oldest is taken first; then the
 # worker is registered as a taker of the queue, or forgotten as one. One step: a message is
-# always in exactly one list.
+# always in exactly one list. Nothing (-1) when ARGV[3] names a key that exists: the
+# worker's heartbeat, checked here so that a worker that beats meanwhile keeps its list.
 _RETURN_TAKEN = """
+if ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1 then
+  return -1
+end
 local moved = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
   moved = moved + 1
@@ -66,13 +70,15 @@ def takers(client: redis.Redis, prefix: str) -> dict[str, str]:
     return {_text(worker): _text(queue) for worker, queue in client.hgetall(takers_key(prefix)).items()}
 
 
-def return_taken(client: redis.Redis, *, prefix: str, worker_id: str, queue: str, register: bool = False) -> int:
+def return_taken(client: redis.Redis, *, prefix: str, worker_id: str, queue: str, register: bool = False,
+                 unless_exists: str = "") -> int:
     """Put the messages left in ``worker_id``'s taking list back on ``queue``; then forget the
     worker as a taker, or with ``register`` register it as the taker of ``queue`` (a consumer
     that starts to take: what an earlier connection of its worker took and may never have
-    delivered goes back first). Returns how many went back."""
+    delivered goes back first). Returns how many went back; -1, and nothing done, when the key
+    ``unless_exists`` (the worker's heartbeat) exists."""
     return int(client.eval(_RETURN_TAKEN, 3, taking_key(prefix, worker_id), queue, takers_key(prefix), worker_id,
-                           "register" if register else "forget"))
+                           "register" if register else "forget", unless_exists))
 
 
 def _text(value: bytes | str) -> str:

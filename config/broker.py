@@ -43,12 +43,22 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.env import env_float
 from common.queues import return_taken, taking_key
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Taking:
+    """A message a channel took into its worker's list, while it is delivered."""
+
+    key: str  # the taking list
+    raw: bytes
+    appended: bool = False  # recorded as unacknowledged, or handed to its task all the same
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,10 @@ def _text(value: bytes | str) -> str:
 def _has_blmove(client: Any) -> bool:
     """Whether the Redis behind ``client`` has BLMOVE (6.2 and later); if not, say so: its
     workers pop as kombu does, and a worker killed between a take and its record loses the message."""
-    version = str(client.info("server").get("redis_version", "0"))
+    try:
+        version = str(client.info("server").get("redis_version", "0"))
+    except RedisResponseError:  # INFO refused (an ACL): Redis 6.2 or later is required anyway
+        return True
     parts = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
     if parts >= (6, 2):
         return True
@@ -113,20 +126,22 @@ class KeepingQoS(kombu_redis.QoS):
             logger.warning("a taken message could not be recorded as unacknowledged (%s: %s); its task runs "
                            "all the same", type(exc).__name__, exc)
             virtual.QoS.append(self, message, delivery_tag)
+        taking = getattr(self.channel, "_taking", None)
+        if taking is not None:
+            taking.appended = True
 
     def _record(self, message: Any, delivery_tag: str) -> None:
         """kombu's record of a message as unacknowledged (a MULTI/EXEC pipeline), which also takes
         the message out of the worker's taking list when the channel took it there."""
-        taken = getattr(self.channel, "_taken", None)
-        if taken is None:
+        taking = getattr(self.channel, "_taking", None)
+        if taking is None:
             return super().append(message, delivery_tag)
-        key, raw = taken
         delivery = message.delivery_info
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
             pipe.hset(self.unacked_key, delivery_tag,
                       dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
-            pipe.lrem(key, 1, raw)
+            pipe.lrem(taking.key, 1, taking.raw)
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -151,8 +166,8 @@ class _SurvivingChannel(kombu_redis.Channel):
         return client
 
     # --- taking into the worker's own list (``take_into``) ------------------------------
-    _taken: tuple[str, bytes] | None = None  # (taking list, the raw message) while it is delivered
-    _registered: tuple[str, str] | None = None
+    _taking: _Taking | None = None  # the message being delivered
+    _taking_registered: tuple[str, str] | None = None  # (worker, queue) once registered on this connection
     _taking_from: str | None = None  # the queue of the BLMOVE in flight; None for a BRPOP
     _no_blmove = False  # the Redis is older than 6.2
 
@@ -170,27 +185,44 @@ class _SurvivingChannel(kombu_redis.Channel):
             return super()._brpop_start(timeout)
         taker = _taker
         assert taker is not None
-        if self._registered != (taker.worker_id, queue):
-            client = self._create_client()
-            if not _has_blmove(client):
-                self._no_blmove = True  # asked once per channel
-                self._taking_from = None
-                return super()._brpop_start(timeout)
-            # Before the first message: the reaper finds the list of a dead worker through this.
-            # A message left in the list was taken through an earlier connection of this worker
-            # that broke, perhaps before its reply was read: back on the queue (a duplicate of
-            # one that was delivered is dropped by its job's claim).
-            returned = return_taken(client, prefix=taker.prefix, worker_id=taker.worker_id, queue=queue,
-                                    register=True)
-            if returned:
-                logger.warning("messages an earlier connection took and may not have delivered sent back to "
-                               "their queue", extra={"queue": queue, "count": returned})
-            self._registered = (taker.worker_id, queue)
+        if self._taking_registered != (taker.worker_id, queue) and not self._register_taker(taker, queue):
+            self._taking_from = None  # a Redis without BLMOVE
+            return super()._brpop_start(timeout)
         if timeout is None:
             timeout = self.brpop_timeout
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         self.client.connection.send_command("BLMOVE", queue, taker.key, "RIGHT", "LEFT", timeout or 0)
+
+    def _register_taker(self, taker: _Taker, queue: str) -> bool:
+        """Before the first take on a connection: register the worker as the taker of ``queue`` (the
+        reaper finds a dead worker's list through it), after putting back on the queue what the
+        list holds — taken through an earlier connection that broke, perhaps before its reply was
+        read (a duplicate of a message that was delivered is dropped by its job's claim). False
+        on a Redis without BLMOVE. A refusal by Redis counts as a connection error: the consumer
+        reconnects and tries again, and the worker keeps its model."""
+        client = self._create_client()
+        try:
+            if not _has_blmove(client):
+                self._no_blmove = True  # asked once per channel
+                return False
+            returned = return_taken(client, prefix=taker.prefix, worker_id=taker.worker_id, queue=queue,
+                                    register=True)
+        except RedisResponseError as exc:
+            raise RedisConnectionError(f"could not register as a taker of {queue}: {exc}") from exc
+        if returned:
+            logger.warning("messages an earlier connection took and may not have delivered sent back to "
+                           "their queue", extra={"queue": queue, "count": returned})
+        self._taking_registered = (taker.worker_id, queue)
+        return True
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        # The connection of a take broke (kombu's health check drops one whose reply is overdue, on
+        # this same channel): register again before the next take, which puts back what this one
+        # may have taken without the reply ever being read.
+        if connection is self._in_poll and self._taking_from is not None:
+            self._taking_registered = None
+        super()._on_connection_disconnect(connection)
 
     def _brpop_read(self, **options: Any) -> bool:
         taker, queue = _taker, self._taking_from
@@ -200,23 +232,24 @@ class _SurvivingChannel(kombu_redis.Channel):
             try:
                 raw = self.client.parse_response(self.client.connection, "BLMOVE", **options)
             except self.connection_errors:
+                self._taking_registered = None  # what the lost reply took goes back at the next take
                 self.client.connection.disconnect()  # kombu's way: the next round reconnects
                 raise
             if raw is None:
                 raise virtual.Empty()
+            taking = self._taking = _Taking(taker.key, raw)
             try:
-                message = loads(_text(raw))
-            except ValueError:
-                # Not a message anyone could run (kombu would fail on it too): dropped, not kept
-                # for the reaper to return again and again.
-                logger.error("dropped a message that is not JSON from %s: %.200r", queue, raw)
+                self.connection._deliver(loads(_text(raw)), queue)
+            except Exception:
+                if taking.appended:
+                    raise  # recorded (or handed to its task): kombu's way from here
+                # Not a message anyone could run (not JSON, not kombu's shape): dropped, rather
+                # than returned by the reaper, and ending a worker, again and again.
+                logger.exception("dropped a message that could not be delivered from %s: %.200r", queue, raw)
                 self._create_client().lrem(taker.key, 1, raw)
                 raise virtual.Empty() from None
-            self._taken = (taker.key, raw)
-            try:
-                self.connection._deliver(message, queue)
             finally:
-                self._taken = None
+                self._taking = None
             return True
         finally:
             self._in_poll = None

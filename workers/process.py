@@ -316,11 +316,12 @@ class WorkerProcess:
         for (worker, queue), alive in zip(others.items(), pipe.execute(), strict=True):
             if alive:
                 continue
-            count = return_taken(self.client, prefix=prefix, worker_id=worker, queue=queue)
-            if count:
+            count = return_taken(self.client, prefix=prefix, worker_id=worker, queue=queue,
+                                 unless_exists=heartbeat.worker_key(prefix, worker))  # beat since?
+            if count > 0:
                 logger.warning("messages a dead worker had taken and not recorded sent back to their queue",
                                extra={"worker": worker, "queue": queue, "count": count})
-            returned += count
+            returned += max(count, 0)
         return returned
 
     def _rescue_taken_unclaimed(self) -> int:

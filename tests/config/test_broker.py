@@ -30,9 +30,13 @@ def one_message(connection: Connection, payload: dict) -> Queue:
     """A queue of its own holding one message with ``payload``."""
     name = f"test-broker-{uuid.uuid4().hex}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
-    connection.Producer(connection.default_channel).publish(payload, exchange=queue.exchange, routing_key=name,
-                                                            declare=[queue], serializer="json")
+    publish(connection, queue, payload)
     return queue
+
+
+def publish(connection: Connection, queue: Queue, payload: dict) -> None:
+    connection.Producer(connection.default_channel).publish(payload, exchange=queue.exchange, routing_key=queue.name,
+                                                            declare=[queue], serializer="json")
 
 
 def test_messages_are_recorded_unacknowledged_and_acknowledged_through_it(redis_url: str) -> None:
@@ -160,6 +164,10 @@ def test_the_messages_a_dead_worker_took_go_back_oldest_first(redis_url: str, ta
     assert return_taken(client, prefix=taker, worker_id=WORKER, queue=queue) == 2
     assert [client.rpop(queue) for _ in range(3)] == [b"old", b"new", b"waiting"]  # workers take from the right
     assert return_taken(client, prefix=taker, worker_id=WORKER, queue=queue) == 0
+    client.lpush(taking_key(taker, WORKER), "taken by a worker whose heartbeat came back")
+    client.set(f"{taker}alive", 1)
+    assert return_taken(client, prefix=taker, worker_id=WORKER, queue=queue, unless_exists=f"{taker}alive") == -1
+    assert client.llen(taking_key(taker, WORKER)) == 1 and client.llen(queue) == 0
 
 
 def test_a_message_whose_record_fails_with_the_connection_is_delivered_from_the_list(
@@ -200,15 +208,39 @@ def test_without_one_list_per_queue_or_outside_a_worker_messages_are_popped_as_k
         assert takers(client, prefix) == {} and client.llen(taking_key(prefix, WORKER)) == 0
 
 
-def test_a_message_that_is_not_json_is_dropped_from_the_taking_list_and_the_consumer_goes_on(
-        redis_url: str, taker: str) -> None:
+@pytest.mark.parametrize("poison", [b"\xff not json", b'{"not": "a kombu message"}', b"[1, 2]"],
+                         ids=["not-json", "not-kombu", "not-an-object"])
+def test_a_message_that_cannot_be_delivered_is_dropped_from_the_taking_list_and_the_consumer_goes_on(
+        redis_url: str, taker: str, poison: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """kombu fails on such a message before recording it; kept in the list, the reaper would return
+    it, and it would end one worker after another."""
     with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
         queue = one_message(connection, {"n": 8})
         client = connection.default_channel._create_client()
-        client.rpush(queue.name, b"\xff not json")  # the right end: taken first
+        client.rpush(queue.name, poison)  # the right end: taken first
         [message] = consume_one(connection, queue)
         assert message.payload == {"n": 8}
         assert client.llen(taking_key(taker, WORKER)) == 0 and client.llen(queue.name) == 0
+    assert "dropped a message that could not be delivered" in caplog.text
+
+
+def test_a_take_whose_connection_broke_on_the_same_channel_is_put_back_before_the_next(redis_url: str,
+                                                                                      taker: str) -> None:
+    """kombu's health check drops a connection whose reply is overdue, and the channel reconnects on
+    its own: what that take may have moved into the list goes back before the next take."""
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 12})
+        [first] = consume_one(connection, queue)  # registered on this connection
+        first.ack()
+        publish(connection, queue, {"n": 13})
+        client = connection.default_channel._create_client()
+        client.lmove(queue.name, taking_key(taker, WORKER), "RIGHT", "LEFT")  # the take whose reply is lost
+        channel = connection.default_channel
+        channel._in_poll, channel._taking_from = channel.client.connection, queue.name  # that take in flight
+        channel.client.connection.disconnect()  # what the health check does
+        [again] = consume_one(connection, queue)
+        assert again.payload == {"n": 13}
+        assert client.llen(taking_key(taker, WORKER)) == 0
 
 
 def test_a_redis_without_blmove_has_its_messages_popped_as_kombu_does(
@@ -244,3 +276,17 @@ def test_a_consumer_that_starts_sends_back_what_an_earlier_connection_of_its_wor
         assert message.payload == {"n": 11}
         assert client.llen(taking_key(taker, WORKER)) == 0 and client.hexists("unacked", message.delivery_tag)
         assert takers(client, taker) == {WORKER: queue.name}
+
+
+def test_a_registration_that_redis_refuses_is_a_connection_error_not_the_end_of_the_worker(
+        redis_url: str, taker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. the script refused by a full Redis older than 7 (a plain error there): the consumer
+    reconnects and tries again, as for any connection error, and the worker keeps its model."""
+    def refused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise redis.ResponseError("Error running script: OOM command not allowed")
+
+    monkeypatch.setattr(broker, "return_taken", refused)
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 14})
+        with pytest.raises(tuple(Transport.connection_errors), match="could not register as a taker"):
+            consume_one(connection, queue)
