@@ -46,6 +46,7 @@ from common.jobstore import JobStore
 from common.membudget import DecodeBudget, budget_bytes
 from common.metrics import statsd, version_tags
 from common.queues import (
+    QUEUE_PREFIX,
     TaskSender,
     queue_depth,
     queue_for,
@@ -302,7 +303,8 @@ class WorkerProcess:
     def _return_taken_of_dead(self) -> int:
         """Put back on its queue each message that a dead worker (no heartbeat) had taken into its
         own list (``config.broker``) and not yet recorded as unacknowledged: it was killed between
-        the two. The worker is then forgotten as a taker (a live one registers again with its
+        the two; to the active version's queue if the worker's version no longer serves and has no
+        ready worker. The worker is then forgotten as a taker (a live one registers again with its
         next heartbeat). A worker that only looked dead gets a duplicate of a message it is
         delivering; the job's claim drops one of the two."""
         prefix = self.config.key_prefix
@@ -316,6 +318,8 @@ class WorkerProcess:
         for (worker, queue), alive in zip(others.items(), pipe.execute(), strict=True):
             if alive:
                 continue
+            if queue.startswith(QUEUE_PREFIX):  # a retired version's queue would keep them forever
+                queue = self._queue_serving(queue.removeprefix(QUEUE_PREFIX))
             count = return_taken(self.client, prefix=prefix, worker_id=worker, queue=queue,
                                  unless_exists=heartbeat.worker_key(prefix, worker))  # beat since?
             if count > 0:
@@ -371,14 +375,19 @@ class WorkerProcess:
             logger.warning("jobs sent again after a broker outage", extra={"count": sent})
         return sent
 
-    def _send_again(self, job_id: str, version: str, request_id: str | None) -> str:
-        """Send a job again: to its version's queue while that version serves or has ready
-        workers, else to the active version's. Returns the queue."""
+    def _queue_serving(self, version: str) -> str:
+        """``version``'s queue while that version serves or has ready workers, else the active
+        version's."""
         state = rollout_state(self.client, prefix=self.config.key_prefix,
                               default_version=self.config.default_version)
         serving = state.serves(version) or heartbeat.ready_workers(
             self.client, prefix=self.config.key_prefix, version=version)
-        queue = queue_for(version if serving or not state.active else state.active)
+        return queue_for(version if serving or not state.active else state.active)
+
+    def _send_again(self, job_id: str, version: str, request_id: str | None) -> str:
+        """Send a job again: to its version's queue while that version serves or has ready
+        workers, else to the active version's. Returns the queue."""
+        queue = self._queue_serving(version)
         recognition_send(self.sender, job_id=job_id, request_id=request_id, queue=queue)
         statsd().increment("job.requeued", tags=version_tags(version, queue))
         return queue

@@ -361,6 +361,17 @@ def test_the_messages_a_dead_worker_had_taken_and_not_recorded_go_back_to_their_
     assert takers(redis_client, config.key_prefix) == {"host:1": queue_for(version)}  # forgotten once dead
 
 
+def test_what_a_dead_worker_of_a_retired_version_had_taken_goes_to_the_active_versions_queue(
+    make_process, redis_client: redis.Redis, version: str, config: WorkerConfig,  # type: ignore[no-untyped-def]
+) -> None:
+    reaper = make_process(config, "host:1")
+    redis_client.hset(f"{config.key_prefix}takers", "gone:7", queue_for("retired"))
+    redis_client.lpush(taking_key(config.key_prefix, "gone:7"), "a message of the retired version")
+    assert reaper.reap() == 1
+    assert redis_client.lrange(queue_for(version), 0, -1) == [b"a message of the retired version"]
+    assert redis_client.llen(queue_for("retired")) == 0
+
+
 def test_a_worker_that_stops_puts_back_what_its_consumer_took_last(
     make_process, redis_client: redis.Redis, version: str, config: WorkerConfig,  # type: ignore[no-untyped-def]
 ) -> None:
