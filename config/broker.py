@@ -43,6 +43,7 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import RedisError
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -240,9 +241,11 @@ class _SurvivingChannel(kombu_redis.Channel):
             taking = self._taking = _Taking(taker.key, raw)
             try:
                 self.connection._deliver(loads(_text(raw)), queue)
-            except Exception:
-                if taking.appended:
-                    raise  # recorded (or handed to its task): kombu's way from here
+            except Exception as exc:
+                if taking.appended or isinstance(exc, RedisError):
+                    # Recorded (or handed to its task); or Redis failed the record (a full Redis):
+                    # kombu's way, and the message stays in the list for the next registration.
+                    raise
                 # Not a message anyone could run (not JSON, not kombu's shape): dropped, rather
                 # than returned by the reaper, and ending a worker, again and again.
                 logger.exception("dropped a message that could not be delivered from %s: %.200r", queue, raw)

@@ -290,3 +290,28 @@ def test_a_registration_that_redis_refuses_is_a_connection_error_not_the_end_of_
         queue = one_message(connection, {"n": 14})
         with pytest.raises(tuple(Transport.connection_errors), match="could not register as a taker"):
             consume_one(connection, queue)
+
+
+def test_a_worker_whose_record_a_full_redis_refuses_keeps_the_message_in_its_list(
+        redis_url: str, taker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis filled up between the take and the record: kombu's way (the consumer reconnects), and the
+    message is not taken for one that cannot be delivered: it stays in the list, and the next
+    registration puts it back on the queue."""
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        queue = one_message(connection, {"n": 15})
+        execute = redis.client.Pipeline.execute
+
+        def full_at_the_record(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if any(command[0][0] == "LREM" for command in self.command_stack):
+                raise redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+            return execute(self, *args, **kwargs)
+
+        with monkeypatch.context() as patched, pytest.raises(tuple(Transport.connection_errors)):
+            patched.setattr(redis.client.Pipeline, "execute", full_at_the_record)
+            consume_one(connection, queue)
+        client = connection.default_channel._create_client()
+        assert client.llen(taking_key(taker, WORKER)) == 1
+    with Connection(redis_url, transport=Transport, transport_options=ONE_LIST) as connection:
+        [message] = consume_one(connection, queue)
+        assert message.payload == {"n": 15}
+
