@@ -131,6 +131,28 @@ class KeepingQoS(kombu_redis.QoS):
         if taking is not None:
             taking.appended = True
 
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except RedisResponseError as exc:
+            self._free_slot(delivery_tag, "acknowledge", exc)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except RedisResponseError as exc:
+            self._free_slot(delivery_tag, "reject", exc)
+
+    def _free_slot(self, delivery_tag: str, what: str, exc: Exception) -> None:
+        """A full Redis refused an acknowledgement or a rejection (kombu's MULTI/EXEC: refused whole,
+        so nothing changed). kombu would keep the message's prefetch slot taken for good, and once
+        every slot was, the worker, alive and connected, would never take a message again. The
+        slot is freed; the message stays recorded as unacknowledged and comes back with the
+        visibility timeout, its job sooner through the reaper (a finished job's claim drops it)."""
+        logger.warning("could not %s a message (%s: %s); it stays recorded as unacknowledged, and its prefetch "
+                       "slot is freed", what, type(exc).__name__, exc)
+        virtual.QoS.ack(self, delivery_tag)
+
     def _record(self, message: Any, delivery_tag: str) -> None:
         """kombu's record of a message as unacknowledged (a MULTI/EXEC pipeline), which also takes
         the message out of the worker's taking list when the channel took it there."""

@@ -315,3 +315,29 @@ def test_a_worker_whose_record_a_full_redis_refuses_keeps_the_message_in_its_lis
         [message] = consume_one(connection, queue)
         assert message.payload == {"n": 15}
 
+
+
+@pytest.mark.parametrize("settle", ["reject-requeue", "reject", "ack"])
+def test_an_ack_or_reject_that_a_full_redis_refuses_frees_the_prefetch_slot_and_keeps_the_record(
+        redis_url: str, settle: str) -> None:
+    """Seen in a clean-clone run: every task of a worker failed its claim on a full Redis and asked for
+    its message back; kombu's refused rejection kept each prefetch slot, and the worker, alive and
+    connected, never took a message again. A real full Redis here (maxmemory 1 byte)."""
+    with Connection(redis_url, transport=Transport) as connection:
+        channel = connection.default_channel
+        channel.basic_qos(0, 1, False)  # one message at a time, as a worker thread's slot
+        queue = one_message(connection, {"n": 16})
+        message = queue(channel).get(no_ack=False)
+        assert not channel.qos.can_consume()
+        client = redis.Redis.from_url(redis_url)
+        client.config_set("maxmemory", 1)
+        try:
+            if settle == "ack":
+                message.ack()
+            else:
+                message.reject(requeue=settle == "reject-requeue")
+        finally:
+            client.config_set("maxmemory", 0)
+        assert channel.qos.can_consume()  # the slot is free
+        assert client.hexists(channel.unacked_key, message.delivery_tag)  # and the message still recorded
+        assert client.llen(queue.name) == 0
