@@ -40,6 +40,7 @@ from celery.app.amqp import AMQP as CeleryAMQP
 from kombu import Connection as KombuConnection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
@@ -82,10 +83,6 @@ def take_into(*, prefix: str, worker_id: str) -> None:
     before its consumer starts; a process that never calls it (the API) pops as kombu does."""
     global _taker
     _taker = _Taker(prefix, worker_id)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _has_blmove(client: Any) -> bool:
@@ -262,7 +259,7 @@ class _SurvivingChannel(kombu_redis.Channel):
                 raise virtual.Empty()
             taking = self._taking = _Taking(taker.key, raw)
             try:
-                self.connection._deliver(loads(_text(raw)), queue)
+                self.connection._deliver(loads(bytes_to_str(raw)), queue)
             except Exception as exc:
                 if taking.appended or isinstance(exc, RedisError):
                     # Recorded (or handed to its task); or Redis failed the record (a full Redis):
