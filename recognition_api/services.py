@@ -14,6 +14,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -119,10 +120,11 @@ def image_validate(*, data: bytes) -> ImageInfo:
 
 
 def recognition_job_create(
-    *, data: bytes, client: KeyPolicy, request_id: str, wait_seconds: float = 0.0
+    *, data: bytes, client: KeyPolicy, request_id: str, wait_seconds: float = 0.0,
+    abandoned: Callable[[], bool] | None = None,
 ) -> dict[str, str]:
     """Store the image, create and enqueue the job; return its record, after waiting up to
-    ``wait_seconds`` for it to finish."""
+    ``wait_seconds`` for it to finish, or until ``abandoned`` says its client has gone."""
     info = image_validate(data=data)
     store = job_store()
     job_id = store.new_id()
@@ -150,16 +152,32 @@ def recognition_job_create(
     with listener.registered(job_id) if listener is not None else nullcontext() as woken:
         routed = _job_enqueue(store=store, job_id=job_id, data=data, content_type=info.content_type,
                               fields=fields, client=client, budget_seconds=budget)
-        if wait_seconds <= 0:
+        gone = _gone_logger(abandoned, job_id=job_id)
+        if wait_seconds <= 0 or (gone is not None and gone()):
             record = routed.record  # as written: no second round trip to read it back
         elif listener is not None and woken is not None:
-            record = listener.wait(woken, lambda: store.get(job_id),
-                                   lambda r: r.get("status") in TERMINAL, wait_seconds, read_first=False)
+            record = listener.wait(woken, lambda: store.get(job_id), lambda r: r.get("status") in TERMINAL,
+                                   wait_seconds, read_first=False, abandoned=gone)
         else:
-            record = store.wait(job_id, wait_seconds)
+            record = store.wait(job_id, wait_seconds, abandoned=gone)
     if record is None:  # expired already: only with a TTL shorter than the wait
         raise JobNotFound()
     return record
+
+
+def _gone_logger(abandoned: Callable[[], bool] | None, *, job_id: str) -> Callable[[], bool] | None:
+    """``abandoned``, logging (once) that a waiting client hung up: its wait ends, the job goes on."""
+    if abandoned is None:
+        return None
+
+    def gone() -> bool:
+        if not abandoned():
+            return False
+        logger.info("client hung up while waiting; the job goes on", extra={"job_id": job_id})
+        statsd().increment("api.wait_abandoned")
+        return True
+
+    return gone
 
 
 def _job_enqueue(
@@ -316,9 +334,12 @@ def _forget_image(job_id: str) -> None:
         logger.warning("could not delete image of rejected job %s", job_id)
 
 
-def recognition_job_get(*, job_id: str, client: KeyPolicy, wait_seconds: float = 0.0) -> dict[str, str]:
+def recognition_job_get(
+    *, job_id: str, client: KeyPolicy, wait_seconds: float = 0.0, abandoned: Callable[[], bool] | None = None,
+) -> dict[str, str]:
     """The job, for the key that created it (or one that reads all jobs); to any other key it
-    does not exist."""
+    does not exist. With ``wait_seconds``, read once it is finished, that long at most, or until
+    ``abandoned`` says the client has gone."""
     if not _valid_id(job_id):
         raise JobNotFound()
     store = job_store()
@@ -326,7 +347,7 @@ def recognition_job_get(*, job_id: str, client: KeyPolicy, wait_seconds: float =
     if record is None or (record.get("client") != client.name and not client.reads_all_jobs):
         raise JobNotFound()
     if wait_seconds > 0 and record.get("status") not in TERMINAL:
-        record = store.wait(job_id, wait_seconds)
+        record = store.wait(job_id, wait_seconds, abandoned=_gone_logger(abandoned, job_id=job_id))
         if record is None:
             raise JobNotFound()
     return record

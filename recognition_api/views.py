@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import select
+from collections.abc import Callable
+
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
@@ -50,6 +53,30 @@ def _image_url(request: Request) -> str | None:
     if not given.is_valid():
         raise InvalidParameter("; ".join(f"image_url: {e}" for e in given.errors.get("image_url", [])))
     return given.validated_data["image_url"]
+
+
+def _client_gone(request: Request) -> Callable[[], bool] | None:
+    """Whether the client of this request has hung up (closed its connection, or its side of it),
+    asked of the connection's socket without reading from it: under Gunicorn, whose environ holds
+    the socket; None elsewhere. A waiting request that asks it every second holds its thread about
+    a second after its client has gone, not for the rest of the wait (a phone's request timing out,
+    an app closed, or a client that posts with ``?wait=30`` and hangs up, again and again)."""
+    sock = request.META.get("gunicorn.socket")
+    if sock is None:
+        return None
+    try:
+        fd = sock.fileno()
+    except OSError:
+        return None
+
+    def gone() -> bool:
+        poller = select.poll()
+        # The peer's FIN (POLLRDHUP), a reset (POLLERR, POLLHUP) or a closed fd (POLLNVAL); bytes
+        # the client may have sent after its request (POLLIN, not asked) are not a hang-up.
+        poller.register(fd, select.POLLRDHUP)
+        return bool(poller.poll(0))
+
+    return gone
 
 
 def _discard_body(request: Request) -> None:
@@ -117,7 +144,7 @@ class RecognizeApi(APIView):
             raise ImageMissing()
         record = services.recognition_job_create(
             data=data, client=request.user.policy, request_id=request.request_id,
-            wait_seconds=wait,
+            wait_seconds=wait, abandoned=_client_gone(request) if wait > 0 else None,
         )
         return _job_response(record)
 
@@ -144,8 +171,9 @@ class RecognitionDetailApi(APIView):
         responses=schema.DETAIL_RESPONSES,
     )
     def get(self, request: Request, job_id: str) -> Response:
-        record = services.recognition_job_get(job_id=job_id, client=request.user.policy,
-                                              wait_seconds=_wait_seconds(request))
+        wait = _wait_seconds(request)
+        record = services.recognition_job_get(job_id=job_id, client=request.user.policy, wait_seconds=wait,
+                                              abandoned=_client_gone(request) if wait > 0 else None)
         return _job_response(record)
 
 

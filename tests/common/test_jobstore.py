@@ -148,6 +148,28 @@ def test_a_wait_ends_at_its_timeout_with_the_job_as_it_is(store: JobStore) -> No
     assert 0.25 < time.monotonic() - started < 5
 
 
+def test_a_waiting_reader_whose_client_has_gone_stops_waiting_at_the_next_recheck(store: JobStore) -> None:
+    job_id, _ = create(store)
+    asked: list[float] = []
+    started = time.monotonic()
+
+    def abandoned() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) == 3
+
+    record = store.wait(job_id, timeout=30, abandoned=abandoned, recheck_seconds=0.1)
+    assert record["status"] == "queued"
+    assert len(asked) == 3 and time.monotonic() - started < 5
+
+
+def test_a_waiting_reader_still_wakes_at_the_finish_while_its_client_is_asked_after(store: JobStore) -> None:
+    job_id, _ = create(store)
+    threading.Timer(0.3, lambda: store.succeed(job_id, result={}, timings={})).start()
+    started = time.monotonic()
+    record = store.wait(job_id, timeout=30, abandoned=lambda: False, recheck_seconds=10)
+    assert record["status"] == "succeeded" and time.monotonic() - started < 5
+
+
 def test_finishing_many_jobs_takes_one_round_trip(store: JobStore) -> None:
     ids = [create(store)[0] for _ in range(5)]
     from common.jobstore import failed_fields, succeeded_fields

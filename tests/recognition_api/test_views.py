@@ -159,3 +159,21 @@ def test_without_redis_it_answers_503_with_retry_after_not_a_500(api: Api, setti
     assert response["Retry-After"]
     assert api.stored_images() == []
     assert api.client.get("/readyz").status_code == 503
+
+
+def test_a_client_is_gone_once_it_has_closed_its_connection_or_its_side_of_it() -> None:
+    import socket
+    from types import SimpleNamespace
+
+    from recognition_api.views import _client_gone
+
+    assert _client_gone(SimpleNamespace(META={})) is None  # not under Gunicorn: nobody to ask
+    for hang_up in (lambda peer: peer.close(), lambda peer: peer.shutdown(socket.SHUT_WR)):
+        server, peer = socket.socketpair()
+        with server, peer:
+            gone = _client_gone(SimpleNamespace(META={"gunicorn.socket": server}))
+            assert gone is not None and not gone()
+            peer.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a hang-up
+            assert not gone()
+            hang_up(peer)
+            assert gone()
