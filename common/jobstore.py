@@ -482,11 +482,11 @@ class JobStore:
         return {_s(k): _s(v) for k, v in raw.items()}
 
     def wait(
-        self, job_id: str, timeout: float, *, abandoned: Callable[[], bool] | None = None,
+        self, job_id: str, timeout: float, *, stop: Callable[[], bool] | None = None,
         recheck_seconds: float = 1.0,
     ) -> dict[str, str] | None:
         """Return the record once it is terminal, or as it is when ``timeout`` runs out, or
-        when ``abandoned`` (asked every ``recheck_seconds`` meanwhile) says nobody waits for it.
+        when ``stop`` (asked every ``recheck_seconds`` meanwhile) says to stop waiting.
 
         Subscribes before reading, so a finish that lands between the read and the
         wait is still seen. Blocks on the socket: no polling.
@@ -498,9 +498,9 @@ class JobStore:
             record = self.get(job_id)
             while record is not None and record.get("status") not in TERMINAL:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (abandoned is not None and abandoned()):
+                if remaining <= 0 or (stop is not None and stop()):
                     break
-                if abandoned is None:
+                if stop is None:
                     pubsub.get_message(timeout=remaining)
                 elif pubsub.get_message(timeout=min(remaining, recheck_seconds)) is None:
                     continue  # nothing published: ask again whether anybody still waits

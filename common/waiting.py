@@ -87,14 +87,14 @@ class FinishListener:
         timeout: float,
         *,
         read_first: bool = True,
-        abandoned: Callable[[], bool] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[str, str] | None:
         """Read the record until it is done or ``timeout`` has passed; sleep between reads
         until woken (or for ``recheck_seconds``). ``read_first=False``: the caller registered
         ``event`` before the job existed, so a job not yet read cannot have finished unseen:
         the first read waits for the wake-up (a job is never done the moment it is created, and
-        that read was one Redis round trip per waiting request for nothing). ``abandoned``: asked
-        after each read; true ends the wait early (nobody is left to answer)."""
+        that read was one Redis round trip per waiting request for nothing). ``stop``: asked
+        after each read; true ends the wait early, with the record as it is."""
         deadline = time.monotonic() + timeout
         if not read_first:
             event.wait(min(timeout, self.recheck_seconds))
@@ -102,7 +102,7 @@ class FinishListener:
             event.clear()  # before the read: a wake-up after it is never lost
             record = read()
             remaining = deadline - time.monotonic()
-            if record is None or is_done(record) or remaining <= 0 or (abandoned is not None and abandoned()):
+            if record is None or is_done(record) or remaining <= 0 or (stop is not None and stop()):
                 return record
             event.wait(min(remaining, self.recheck_seconds))
 

@@ -26,13 +26,13 @@ class Stack:
     api_url: str = ""
     processes: list[Process] = field(default_factory=list)
 
-    def start_api(self) -> Process:
+    def start_api(self, *, processes: int = 2, threads: int = 16) -> Process:
         port = free_port()
         env = {
             **self.env,
             "API_BIND": f"127.0.0.1:{port}",
-            "API_PROCESSES": "2",
-            "API_THREADS": "16",
+            "API_PROCESSES": str(processes),
+            "API_THREADS": str(threads),
         }
         process = spawn(f"api-{port}", ["scripts/start-api"], env, self.tmp / "logs")
         self.processes.append(process)

@@ -25,6 +25,8 @@ from typing import Any
 from gunicorn import glogging
 from gunicorn.workers.gthread import ThreadWorker
 
+from recognition_api.threadqueue import QUEUE
+
 logger = logging.getLogger("gunicorn.error")
 GRACE_SECONDS = float(os.environ.get("REQUEST_READ_GRACE_SECONDS", "10"))
 MIN_BYTES_PER_SECOND = float(os.environ.get("REQUEST_READ_MIN_BYTES_PER_SECOND", "1024"))
@@ -101,7 +103,14 @@ class DeadlineSocket:
 
 
 class DeadlineThreadWorker(ThreadWorker):
+    # Requests handed to the thread pool and not yet started are counted, so that a request that
+    # only waits for its job can make way for them (recognition_api/threadqueue.py).
+    def enqueue_req(self, conn):  # type: ignore[no-untyped-def]
+        QUEUE.added()
+        super().enqueue_req(conn)
+
     def handle(self, conn):  # type: ignore[no-untyped-def]
+        QUEUE.started()
         sock = conn.sock
         if not isinstance(sock, DeadlineSocket):
             # Before the parser is made (conn.init), so that it reads through the deadline too.

@@ -121,10 +121,10 @@ def image_validate(*, data: bytes) -> ImageInfo:
 
 def recognition_job_create(
     *, data: bytes, client: KeyPolicy, request_id: str, wait_seconds: float = 0.0,
-    abandoned: Callable[[], bool] | None = None,
+    wait_cut: Callable[[], str | None] | None = None,
 ) -> dict[str, str]:
     """Store the image, create and enqueue the job; return its record, after waiting up to
-    ``wait_seconds`` for it to finish, or until ``abandoned`` says its client has gone."""
+    ``wait_seconds`` for it to finish, or until ``wait_cut`` names a reason to stop waiting."""
     info = image_validate(data=data)
     store = job_store()
     job_id = store.new_id()
@@ -152,32 +152,39 @@ def recognition_job_create(
     with listener.registered(job_id) if listener is not None else nullcontext() as woken:
         routed = _job_enqueue(store=store, job_id=job_id, data=data, content_type=info.content_type,
                               fields=fields, client=client, budget_seconds=budget)
-        gone = _gone_logger(abandoned, job_id=job_id)
-        if wait_seconds <= 0 or (gone is not None and gone()):
+        stop = _wait_stopper(wait_cut, job_id=job_id)
+        if wait_seconds <= 0 or (stop is not None and stop()):
             record = routed.record  # as written: no second round trip to read it back
         elif listener is not None and woken is not None:
             record = listener.wait(woken, lambda: store.get(job_id), lambda r: r.get("status") in TERMINAL,
-                                   wait_seconds, read_first=False, abandoned=gone)
+                                   wait_seconds, read_first=False, stop=stop)
         else:
-            record = store.wait(job_id, wait_seconds, abandoned=gone)
+            record = store.wait(job_id, wait_seconds, stop=stop)
     if record is None:  # expired already: only with a TTL shorter than the wait
         raise JobNotFound()
     return record
 
 
-def _gone_logger(abandoned: Callable[[], bool] | None, *, job_id: str) -> Callable[[], bool] | None:
-    """``abandoned``, logging (once) that a waiting client hung up: its wait ends, the job goes on."""
-    if abandoned is None:
+_WAIT_CUT_MESSAGES = {
+    "client_gone": "client hung up while waiting; the job goes on",
+    "threads_busy": "wait cut short to make way for a request queued for a thread; the job goes on",
+}
+
+
+def _wait_stopper(wait_cut: Callable[[], str | None] | None, *, job_id: str) -> Callable[[], bool] | None:
+    """``wait_cut`` as the wait's stop test, logging and counting the reason when it stops it."""
+    if wait_cut is None:
         return None
 
-    def gone() -> bool:
-        if not abandoned():
+    def stop() -> bool:
+        reason = wait_cut()
+        if reason is None:
             return False
-        logger.info("client hung up while waiting; the job goes on", extra={"job_id": job_id})
-        statsd().increment("api.wait_abandoned")
+        logger.info(_WAIT_CUT_MESSAGES.get(reason, reason), extra={"job_id": job_id, "reason": reason})
+        statsd().increment("api.wait_cut", tags=[f"reason:{reason}"])
         return True
 
-    return gone
+    return stop
 
 
 def _job_enqueue(
@@ -335,11 +342,11 @@ def _forget_image(job_id: str) -> None:
 
 
 def recognition_job_get(
-    *, job_id: str, client: KeyPolicy, wait_seconds: float = 0.0, abandoned: Callable[[], bool] | None = None,
+    *, job_id: str, client: KeyPolicy, wait_seconds: float = 0.0, wait_cut: Callable[[], str | None] | None = None,
 ) -> dict[str, str]:
     """The job, for the key that created it (or one that reads all jobs); to any other key it
     does not exist. With ``wait_seconds``, read once it is finished, that long at most, or until
-    ``abandoned`` says the client has gone."""
+    ``wait_cut`` names a reason to stop waiting."""
     if not _valid_id(job_id):
         raise JobNotFound()
     store = job_store()
@@ -347,7 +354,7 @@ def recognition_job_get(
     if record is None or (record.get("client") != client.name and not client.reads_all_jobs):
         raise JobNotFound()
     if wait_seconds > 0 and record.get("status") not in TERMINAL:
-        record = store.wait(job_id, wait_seconds, abandoned=_gone_logger(abandoned, job_id=job_id))
+        record = store.wait(job_id, wait_seconds, stop=_wait_stopper(wait_cut, job_id=job_id))
         if record is None:
             raise JobNotFound()
     return record

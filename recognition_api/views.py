@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import select
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.errors import ImageMissing, ImageTooLarge, InvalidParameter, LengthRequired, RecognitionError
-from recognition_api import schema, services
+from recognition_api import schema, services, threadqueue
 from recognition_api.auth import HasApiKey, HasOpsScope
 from recognition_api.representations import job_representation
 from recognition_api.serializers import (
@@ -25,6 +26,7 @@ from recognition_api.serializers import (
 )
 
 _MULTIPART_OVERHEAD = 64 * 1024
+_MAKE_WAY_AFTER_SECONDS = 1.0
 
 
 def _wait_seconds(request: Request) -> float:
@@ -77,6 +79,26 @@ def _client_gone(request: Request) -> Callable[[], bool] | None:
         return bool(poller.poll(0))
 
     return gone
+
+
+def _wait_cut(request: Request) -> Callable[[], str | None]:
+    """For a request that waits for its job: why it should stop waiting now, or None. Asked once its
+    job is queued and at each one-second re-check of its wait. ``client_gone``: nobody is left to
+    answer. ``threads_busy``: after a second of waiting, a request of this process queues for a
+    thread (every thread waits; ``recognition_api/threadqueue.py``): this one makes way for it and
+    answers 202 (the job goes on); waiting at least a second first keeps a client that polls with
+    ``?wait`` from polling faster than that."""
+    gone = _client_gone(request)
+    started = time.monotonic()
+
+    def cut() -> str | None:
+        if gone is not None and gone():
+            return "client_gone"
+        if time.monotonic() - started >= _MAKE_WAY_AFTER_SECONDS and threadqueue.QUEUE.make_way():
+            return "threads_busy"
+        return None
+
+    return cut
 
 
 def _discard_body(request: Request) -> None:
@@ -144,7 +166,7 @@ class RecognizeApi(APIView):
             raise ImageMissing()
         record = services.recognition_job_create(
             data=data, client=request.user.policy, request_id=request.request_id,
-            wait_seconds=wait, abandoned=_client_gone(request) if wait > 0 else None,
+            wait_seconds=wait, wait_cut=_wait_cut(request) if wait > 0 else None,
         )
         return _job_response(record)
 
@@ -173,7 +195,7 @@ class RecognitionDetailApi(APIView):
     def get(self, request: Request, job_id: str) -> Response:
         wait = _wait_seconds(request)
         record = services.recognition_job_get(job_id=job_id, client=request.user.policy, wait_seconds=wait,
-                                              abandoned=_client_gone(request) if wait > 0 else None)
+                                              wait_cut=_wait_cut(request) if wait > 0 else None)
         return _job_response(record)
 
 

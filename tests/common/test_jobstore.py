@@ -153,11 +153,11 @@ def test_a_waiting_reader_whose_client_has_gone_stops_waiting_at_the_next_rechec
     asked: list[float] = []
     started = time.monotonic()
 
-    def abandoned() -> bool:
+    def stop() -> bool:
         asked.append(time.monotonic())
         return len(asked) == 3
 
-    record = store.wait(job_id, timeout=30, abandoned=abandoned, recheck_seconds=0.1)
+    record = store.wait(job_id, timeout=30, stop=stop, recheck_seconds=0.1)
     assert record["status"] == "queued"
     assert len(asked) == 3 and time.monotonic() - started < 5
 
@@ -166,7 +166,7 @@ def test_a_waiting_reader_still_wakes_at_the_finish_while_its_client_is_asked_af
     job_id, _ = create(store)
     threading.Timer(0.3, lambda: store.succeed(job_id, result={}, timings={})).start()
     started = time.monotonic()
-    record = store.wait(job_id, timeout=30, abandoned=lambda: False, recheck_seconds=10)
+    record = store.wait(job_id, timeout=30, stop=lambda: False, recheck_seconds=10)
     assert record["status"] == "succeeded" and time.monotonic() - started < 5
 
 

@@ -88,25 +88,25 @@ def test_a_wait_ends_at_its_timeout_with_the_job_as_it_is(store: JobStore, liste
     assert record is not None and record["status"] == "queued"
 
 
-def test_a_wait_whose_client_has_gone_ends_at_the_next_recheck(redis_url: str, store: JobStore,
-                                                              key_prefix: str) -> None:
+def test_a_wait_ends_at_the_first_recheck_its_stop_test_says_so(redis_url: str, store: JobStore,
+                                                                key_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
     listener = FinishListener.for_process(client, key_prefix, recheck_seconds=0.1).start(ready_timeout=10)
     job_id = create(store, listener)
     asked: list[float] = []
     gone_at = time.monotonic() + 0.3
 
-    def abandoned() -> bool:
+    def stop() -> bool:
         asked.append(time.monotonic())
         return asked[-1] >= gone_at
 
     with listener.registered(job_id) as event:
         record = listener.wait(event, lambda: store.get(job_id), lambda r: r.get("status") in TERMINAL, 30,
-                               abandoned=abandoned)
+                               stop=stop)
     listener.stop()
     client.close()
     assert record is not None and record["status"] == "queued"  # as it is: the job goes on
-    assert len(asked) >= 2 and asked[-1] - gone_at < 0.5  # asked at each recheck, ended at the first "gone"
+    assert len(asked) >= 2 and asked[-1] - gone_at < 0.5  # asked at each recheck, ended at the first "stop"
 
 
 def test_a_lost_notification_costs_at_most_the_recheck_interval(redis_url: str, store: JobStore,

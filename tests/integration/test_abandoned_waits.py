@@ -8,12 +8,13 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness import Stack, one_worker_stack, wait_until
+from harness import Stack, one_worker_stack, stack_env, start_redis, wait_until
 from harness.chaos import Row, model_loads
 from models_registry.build import build_null
 from tests.conftest import jpeg_bytes, solid
@@ -105,12 +106,60 @@ def test_clients_that_hang_up_while_waiting_free_their_threads_and_their_jobs_st
         assert statuses.count("succeeded") == CLIENTS  # accepted, then finished: nothing lost or failed
         assert api_log.count(HUNG_UP) == 2 * CLIENTS
         # Counted for Datadog too (flushed every 0.3 s).
-        wait_until(lambda: sum(int(v) for v, _, _ in agent.metric("recognition.api.wait_abandoned")) >= 2 * CLIENTS,
-                   10, "the metric")
-        assert sum(int(v) for v, _, _ in agent.metric("recognition.api.wait_abandoned")) == 2 * CLIENTS
+        def counted() -> int:
+            cuts = agent.metric("recognition.api.wait_cut")
+            return sum(int(v) for v, _, tags in cuts if "reason:client_gone" in tags)
+
+        wait_until(lambda: counted() >= 2 * CLIENTS, 10, "the metric")
+        assert counted() == 2 * CLIENTS
         # A thread is back within about a second of its client's hang-up (the waits' re-check), far
         # from the 30 s each would otherwise have waited: twice the threads' worth of requests, the
         # second half queued behind the first, are all through in seconds.
         assert posts_s < 10.0 and reads_s < 10.0
         # The answers nobody reads are written to closed connections quietly: no error, no traceback.
         assert '"level": "ERROR"' not in api_log and "Traceback" not in api_log, api_log[-3000:]
+
+
+def test_when_every_thread_waits_a_waiting_request_makes_way_for_a_probe_or_a_new_upload(tmp_path: Path) -> None:
+    """Clients that wait (and read their answers) on every thread of an API process: a Kubernetes
+    probe or a new upload queued behind them would wait for their waits (30 s here) and the
+    readiness probe (2 s) would take the pod out of the Service. A waiter that has waited a second
+    makes way: it answers 202 (its job goes on) and its thread takes the queued request."""
+    models = tmp_path / "models"
+    build_null(models, "1")
+    redis_process, url = start_redis(tmp_path)
+    env, key = stack_env(tmp_path, url, model_root=models, default_version="1", METRICS_ENABLED="false",
+                         WORKER_HEARTBEAT_SECONDS="20")
+    stack = Stack(tmp_path, env, key, url)
+    threads = 8
+    try:
+        stack.start_api(processes=1, threads=threads)  # one process: every request meets the same pool
+        worker = stack.start_worker("1")
+        stack.wait_worker_ready(worker, "1")
+        os.kill(worker.popen.pid, signal.SIGSTOP)  # no job finishes: every wait would last its 30 s
+        photo = jpeg_bytes(solid((30, 200, 30)))
+        with ThreadPoolExecutor(threads + 4) as pool, stack.client(timeout=60) as client:
+            waiting = [pool.submit(client.post, "/recognize?wait=30", files={"image": ("p.jpg", photo, "image/jpeg")})
+                       for _ in range(threads + 4)]
+            time.sleep(3)  # every thread waits, and the last four uploads have had their turn
+            started = time.monotonic()
+            assert httpx.get(f"{stack.api_url}/healthz", timeout=10).status_code == 200
+            healthz_s = time.monotonic() - started
+            os.kill(worker.popen.pid, signal.SIGCONT)
+            answers = [f.result(timeout=60) for f in waiting]
+        statuses = sorted(r.status_code for r in answers)
+        ids = [r.json()["id"] for r in answers]
+        with stack.client() as client:
+            wait_until(lambda: all(client.get(f"/v1/recognitions/{i}").json()["status"] == "succeeded" for i in ids),
+                       30, "every job")
+        api_log = stack.processes[0].output()
+        made_way = api_log.count("wait cut short to make way")
+        print(f"every thread waiting: /healthz answered in {healthz_s:.2f} s; the {threads + 4} uploads answered "
+              f"{statuses}; {made_way} waits made way")
+        assert healthz_s < 3.0  # a second of waiting, then the next waiter's re-check
+        # Each queued request (4 uploads, the probe) was made way for once: five 202s, the rest 200.
+        assert made_way == 5 and statuses == [200] * (threads - 1) + [202] * 5
+        assert len(set(ids)) == threads + 4
+    finally:
+        stack.stop()
+        redis_process.kill()

@@ -177,3 +177,36 @@ def test_a_client_is_gone_once_it_has_closed_its_connection_or_its_side_of_it() 
             assert not gone()
             hang_up(peer)
             assert gone()
+
+
+def test_a_queued_request_is_made_way_for_once() -> None:
+    from recognition_api.threadqueue import ThreadQueue
+
+    queue = ThreadQueue()
+    assert not queue.make_way()  # nothing queued: go on waiting
+    queue.added()
+    queue.added()
+    assert [queue.make_way() for _ in range(3)] == [True, True, False]  # one waiter per queued request
+    queue.started()  # one of them has a thread now
+    queue.added()
+    assert [queue.make_way() for _ in range(2)] == [True, False]
+    queue.started()
+    queue.started()
+    assert queue.queued == 0 and not queue.make_way()
+
+
+def test_a_waiting_request_makes_way_for_a_queued_one_only_after_a_while(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import time
+    from types import SimpleNamespace
+
+    from recognition_api import threadqueue, views
+
+    queue = threadqueue.ThreadQueue()
+    monkeypatch.setattr(threadqueue, "QUEUE", queue)
+    monkeypatch.setattr(views, "_MAKE_WAY_AFTER_SECONDS", 0.2)  # a second in production
+    cut = views._wait_cut(SimpleNamespace(META={}))
+    queue.added()
+    assert cut() is None  # it has just started waiting: a client polling with ?wait waits a while each time
+    time.sleep(0.25)
+    assert cut() == "threads_busy"
+    assert cut() is None  # that request is made way for already
