@@ -584,7 +584,7 @@ def summary(results: dict[str, Any], p: dict, *, quick: bool, text: str) -> str:
         f"after {p['warmup']:g} s warm-up; "
         f"photos: 4 scikit-image JPEGs (300-640 px); worker BATCH_MAX_SIZE={p['batch']}, "
         f"BATCH_MAX_WAIT_MS={p['wait_ms']}, WORKER_THREADS={p['threads']}; "
-        "API 2 processes x 16 threads",
+        "API 2 processes x 32 threads",
         "",
         text,
     ]

@@ -37,7 +37,11 @@ class OurStack:
         self.stack = Stack(tmp, env, key, url)
         self.version = version
         try:
-            self.stack.start_api()
+            # 32 threads a process, as deployed (k8s/config): each process can hold every client's
+            # wait at 32 clients, however the connections fall between the two. With fewer, a request
+            # queued for a thread has a waiter of over a second make way for it (a 202, which the load
+            # generator counts as an error; recognition_api/threadqueue.py).
+            self.stack.start_api(threads=32)
             self.worker = self._start_worker(worker_env)
             self.stack.wait_worker_ready(self.worker, version, timeout=300)
         except BaseException:
