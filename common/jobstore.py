@@ -489,7 +489,8 @@ class JobStore:
         when ``stop`` (asked every ``recheck_seconds`` meanwhile) says to stop waiting.
 
         Subscribes before reading, so a finish that lands between the read and the
-        wait is still seen. Blocks on the socket: no polling.
+        wait is still seen. Blocks on the socket; with ``stop``, wakes to ask it (and read
+        the record again) every ``recheck_seconds``.
         """
         deadline = time.monotonic() + timeout
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -500,10 +501,7 @@ class JobStore:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (stop is not None and stop()):
                     break
-                if stop is None:
-                    pubsub.get_message(timeout=remaining)
-                elif pubsub.get_message(timeout=min(remaining, recheck_seconds)) is None:
-                    continue  # nothing published: ask again whether anybody still waits
+                pubsub.get_message(timeout=remaining if stop is None else min(remaining, recheck_seconds))
                 record = self.get(job_id)
             return record
         finally:

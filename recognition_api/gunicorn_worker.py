@@ -103,20 +103,27 @@ class DeadlineSocket:
 
 
 class DeadlineThreadWorker(ThreadWorker):
-    # Requests handed to the thread pool and not yet started are counted, so that a request that
-    # only waits for its job can make way for them (recognition_api/threadqueue.py).
+    # What the thread pool is given, starts and finishes is told to recognition_api/threadqueue.py,
+    # so that a request that only waits for its job can make way for a queued one.
+    def init_process(self) -> None:
+        QUEUE.threads = self.cfg.threads
+        super().init_process()
+
     def enqueue_req(self, conn):  # type: ignore[no-untyped-def]
-        QUEUE.added()
+        QUEUE.added(id(conn), conn.sock.fileno())
         super().enqueue_req(conn)
 
     def handle(self, conn):  # type: ignore[no-untyped-def]
-        QUEUE.started()
-        sock = conn.sock
-        if not isinstance(sock, DeadlineSocket):
-            # Before the parser is made (conn.init), so that it reads through the deadline too.
-            conn.sock = sock = DeadlineSocket(sock, grace=GRACE_SECONDS, min_rate=MIN_BYTES_PER_SECOND)
-        sock.start_request()
-        return super().handle(conn)
+        QUEUE.started(id(conn))
+        try:
+            sock = conn.sock
+            if not isinstance(sock, DeadlineSocket):
+                # Before the parser is made (conn.init), so that it reads through the deadline too.
+                conn.sock = sock = DeadlineSocket(sock, grace=GRACE_SECONDS, min_rate=MIN_BYTES_PER_SECOND)
+            sock.start_request()
+            return super().handle(conn)
+        finally:
+            QUEUE.finished()
 
 
 class JsonAccessLogger(glogging.Logger):

@@ -84,17 +84,19 @@ def _client_gone(request: Request) -> Callable[[], bool] | None:
 def _wait_cut(request: Request) -> Callable[[], str | None]:
     """For a request that waits for its job: why it should stop waiting now, or None. Asked once its
     job is queued and at each one-second re-check of its wait. ``client_gone``: nobody is left to
-    answer. ``threads_busy``: after a second of waiting, a request of this process queues for a
-    thread (every thread waits; ``recognition_api/threadqueue.py``): this one makes way for it and
+    answer. ``threads_busy``: after a second of waiting, every thread of this process is busy and a
+    request queues for one (``recognition_api/threadqueue.py``): this one makes way for it and
     answers 202 (the job goes on); waiting at least a second first keeps a client that polls with
     ``?wait`` from polling faster than that."""
     gone = _client_gone(request)
-    started = time.monotonic()
+    started: list[float] = []  # the wait's start: the first question, once the job is queued
 
     def cut() -> str | None:
         if gone is not None and gone():
             return "client_gone"
-        if time.monotonic() - started >= _MAKE_WAY_AFTER_SECONDS and threadqueue.QUEUE.make_way():
+        if not started:
+            started.append(time.monotonic())
+        elif time.monotonic() - started[0] >= _MAKE_WAY_AFTER_SECONDS and threadqueue.QUEUE.make_way():
             return "threads_busy"
         return None
 

@@ -179,34 +179,57 @@ def test_a_client_is_gone_once_it_has_closed_its_connection_or_its_side_of_it() 
             assert gone()
 
 
-def test_a_queued_request_is_made_way_for_once() -> None:
+def test_a_queued_request_is_made_way_for_once_and_only_when_every_thread_is_busy() -> None:
+    import socket
+
     from recognition_api.threadqueue import ThreadQueue
 
     queue = ThreadQueue()
-    assert not queue.make_way()  # nothing queued: go on waiting
-    queue.added()
-    queue.added()
-    assert [queue.make_way() for _ in range(3)] == [True, True, False]  # one waiter per queued request
-    queue.started()  # one of them has a thread now
-    queue.added()
-    assert [queue.make_way() for _ in range(2)] == [True, False]
-    queue.started()
-    queue.started()
-    assert queue.queued == 0 and not queue.make_way()
+    queue.threads = 2
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        (ours1, theirs1), (ours2, theirs2), (bare, _), (closed, closer) = pairs
+        queue.started(100)  # a waiting request: one of two threads busy
+        theirs1.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        queue.added(1, ours1.fileno())
+        assert not queue.make_way()  # a thread is free: it takes the request in a moment
+        queue.started(101)  # the other thread waits too
+        assert [queue.make_way(), queue.make_way()] == [True, False]  # made way for once
+        queue.added(3, bare.fileno())  # a connection without a request yet
+        closer.close()
+        queue.added(4, closed.fileno())  # a kept-alive connection its client closed
+        assert not queue.make_way()
+        theirs2.sendall(b"POST /recognize HTTP/1.1\r\n")
+        queue.added(2, ours2.fileno())
+        assert [queue.make_way(), queue.make_way()] == [True, False]
+        queue.finished()  # the first waiter's thread is free
+        queue.started(1)
+        assert queue.queued == 3 and not queue.make_way()
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
 
 
 def test_a_waiting_request_makes_way_for_a_queued_one_only_after_a_while(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import socket
     import time
     from types import SimpleNamespace
 
     from recognition_api import threadqueue, views
 
     queue = threadqueue.ThreadQueue()
+    queue.threads = 1
     monkeypatch.setattr(threadqueue, "QUEUE", queue)
     monkeypatch.setattr(views, "_MAKE_WAY_AFTER_SECONDS", 0.2)  # a second in production
-    cut = views._wait_cut(SimpleNamespace(META={}))
-    queue.added()
-    assert cut() is None  # it has just started waiting: a client polling with ?wait waits a while each time
-    time.sleep(0.25)
-    assert cut() == "threads_busy"
-    assert cut() is None  # that request is made way for already
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        queue.started(1)  # this request's thread: the only one
+        cut = views._wait_cut(SimpleNamespace(META={}))
+        theirs.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        queue.added(2, ours.fileno())
+        assert cut() is None  # its job just queued: the wait starts now
+        assert cut() is None  # a client polling with ?wait waits a while each time
+        time.sleep(0.25)
+        assert cut() == "threads_busy"
+        assert cut() is None  # that request is made way for already
