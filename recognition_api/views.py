@@ -89,14 +89,15 @@ def _wait_cut(request: Request) -> Callable[[], str | None]:
     answers 202 (the job goes on); waiting at least a second first keeps a client that polls with
     ``?wait`` from polling faster than that."""
     gone = _client_gone(request)
-    started: list[float] = []  # the wait's start: the first question, once the job is queued
+    started: float | None = None  # the wait's start: the first question, once the job is queued
 
     def cut() -> str | None:
+        nonlocal started
         if gone is not None and gone():
             return "client_gone"
-        if not started:
-            started.append(time.monotonic())
-        elif time.monotonic() - started[0] >= _MAKE_WAY_AFTER_SECONDS and threadqueue.QUEUE.make_way():
+        if started is None:
+            started = time.monotonic()
+        elif time.monotonic() - started >= _MAKE_WAY_AFTER_SECONDS and threadqueue.QUEUE.make_way():
             return "threads_busy"
         return None
 
